@@ -1,0 +1,78 @@
+"""The ``cbir`` command.  Each sub-command lives in a function ``add_<name>(subparsers)``.
+
+Errors raised on purpose (:class:`cbir_kit.errors.CbirError`) print as one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import CbirError
+from .features import OFFLINE_MODEL
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options every data-and-model command shares (the DESIGN.md contract)."""
+    p.add_argument("--dataset", default="demo",
+                   help="registered name (demo, digits, ...), folder:PATH or csv:PATH (default: demo)")
+    p.add_argument("--model", default=OFFLINE_MODEL,
+                   help=f"efficientnet_lite0, resnet18, resnet50, clip:ARCH:PRETRAINED (default: {OFFLINE_MODEL})")
+    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+    p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="image-decoding threads (default: min(4, cores))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(dataset=args.dataset, model=args.model, k=args.k, root=args.root, cache_dir=args.cache,
+                      device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                      progress=not args.no_progress, seed=args.seed)
+    print(result.table())
+    if args.json:
+        result.write_json(args.json)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="dataset -> features -> index -> search -> metrics and timings")
+    add_common(p)
+    p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    p.set_defaults(func=run_evaluate)
+
+
+COMMANDS = [add_evaluate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cbir", description="cbir_kit: content-based image retrieval, taught")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except CbirError as err:
+        print(f"cbir {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cbir {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

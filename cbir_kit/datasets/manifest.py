@@ -1,0 +1,112 @@
+"""Generic layouts: ``csv:PATH`` manifests and ``folder:PATH`` class folders.
+
+CSV manifest: columns ``split,path,label``; ``split`` is ``query`` or ``gallery``; paths
+are relative to the CSV's folder (absolute paths are kept as they are).
+
+Folder layout: one sub-folder per class, images inside (searched recursively).  Every
+image queries all the others (leave-one-out).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .base import IMAGE_EXTENSIONS, Dataset, DatasetError
+
+REQUIRED_COLUMNS = ("split", "path", "label")
+
+
+def write_manifest(path: Path, rows) -> None:
+    """Write ``(split, path, label)`` rows atomically (temporary file, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".labels-", suffix=".csv", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(REQUIRED_COLUMNS)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_csv(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """Load a ``split,path,label`` manifest; errors name the file, line and fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"manifest {path} does not exist; pass csv:PATH to a file with columns split,path,label")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(
+                f"manifest {path} lacks column(s) {', '.join(missing)}; its header is "
+                f"{reader.fieldnames}. The first line must be: split,path,label")
+        rows = list(reader)
+    base = path.parent
+    split = {"query": ([], []), "gallery": ([], [])}
+    seen: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        s = (row["split"] or "").strip().lower()
+        if s not in split:
+            raise DatasetError(f"{path}, line {line}: split is {row['split']!r}; it must be 'query' or 'gallery'")
+        rel = (row["path"] or "").strip()
+        if not rel:
+            raise DatasetError(f"{path}, line {line}: empty path")
+        key = f"{s}:{rel}"
+        if key in seen:
+            raise DatasetError(f"{path}, line {line}: duplicate {s} path {rel!r} (first on line {seen[key]}); remove one")
+        seen[key] = line
+        full = Path(rel) if os.path.isabs(rel) else base / rel
+        split[s][0].append(str(full))
+        split[s][1].append(row["label"])
+    missing_files = [p for p in split["query"][0] + split["gallery"][0] if not os.path.exists(p)]
+    if missing_files:
+        shown = ", ".join(missing_files[:5]) + (" ..." if len(missing_files) > 5 else "")
+        raise DatasetError(f"manifest {path} lists {len(missing_files)} missing file(s): {shown}. "
+                           "Paths are relative to the CSV's folder.")
+    if not split["gallery"][0]:
+        raise DatasetError(f"manifest {path} has no gallery rows")
+    if not split["query"][0]:
+        raise DatasetError(f"manifest {path} has no query rows")
+    return Dataset(
+        name=name or f"csv:{path}",
+        query=split["query"][0], gallery=split["gallery"][0],
+        query_labels=np.array(split["query"][1], dtype=object),
+        gallery_labels=np.array(split["gallery"][1], dtype=object),
+        class_names=sorted(set(split["gallery"][1])),
+        info={"manifest": str(path)},
+    )
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, by extension, sorted for determinism)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def load_folder(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """One sub-folder per class; every image queries all the others (leave-one-out)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"folder {path} does not exist; pass folder:PATH to a folder with one sub-folder per class")
+    classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"folder {path} has no class sub-folders; put each class's images in its own sub-folder")
+    images, labels = [], []
+    for d in classes:
+        found = list_images(d)
+        if not found:
+            raise DatasetError(f"class folder {d} contains no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                               "add images or remove the folder")
+        images += [str(p) for p in found]
+        labels += [d.name] * len(found)
+    labels = np.array(labels, dtype=object)
+    return Dataset(name=name or f"folder:{path}", query=list(images), gallery=images,
+                   query_labels=labels, gallery_labels=labels.copy(), leave_one_out=True,
+                   class_names=[d.name for d in classes], info={"folder": str(path)})

@@ -1,0 +1,12 @@
+"""Errors the toolkit raises on purpose: each message names the file or argument and the fix.
+
+The ``cbir`` command prints these as one clear line (no traceback); anything else is a bug.
+"""
+
+
+class CbirError(Exception):
+    """Base class of every error cbir_kit raises for bad input or an unavailable resource."""
+
+
+class ModelUnavailableError(CbirError):
+    """Model weights could not be loaded (usually: no network to download them)."""

