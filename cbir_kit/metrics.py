@@ -15,6 +15,20 @@ Notation: for one query, ``rel[r] = 1`` if the item at rank ``r`` (1-based) is r
 
 Each ``*_at_k`` and ``mean_*`` function returns the mean over queries; the per-query
 arrays come from :func:`average_precisions` and :func:`set_scores`.
+
+Curves: :func:`precision_recall_over_k` (the top-k set for each k) and
+:func:`precision_recall_over_thresholds` (the set {score >= t} for each t) give macro
+precision, recall and F1 at every cut-off.
+
+@k variants of published course projects keep their own names, because they are not the
+mAP above:
+
+* AP@k/k (binary-hash project's "mAP@k") = (1/k) * sum_{r<=k, rel[r]} P@r   (divides by k)
+* AHP@k   = (1/k) * sum_{r<=k} HP@r,  HP@r = sum_{i<=r} sim(q, c_i) / sum_{i<=r} ideal_i,
+            sim = 1 same class, 0.5 same superclass, 0 otherwise; ideal = the similarities
+            of the whole gallery sorted from high to low.
+
+The revisitop protocol (Easy/Medium/Hard, trapezoidal AP) lives in :mod:`cbir_kit.revisitop`.
 """
 from __future__ import annotations
 
@@ -132,3 +146,141 @@ def topk_metrics(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, f
     kk = min(k, rel.shape[1])
     out.update(set_metrics(rel[:, :kk].sum(axis=1), np.full(len(rel), kk), n_relevant))
     return out
+
+
+# --- curves: set metrics at many cut-offs (top-k) or score thresholds ---------------------
+
+def hits_at_ks(rel: np.ndarray, ks) -> np.ndarray:
+    """(Q, len(ks)) number of relevant items in the top ``k`` for each cut-off ``k``."""
+    cum = np.cumsum(np.asarray(rel, bool), axis=1)
+    ks = np.minimum(np.asarray(ks, dtype=np.int64), rel.shape[1])
+    return cum[:, ks - 1]
+
+
+def threshold_counts(scores: np.ndarray, rel: np.ndarray, thresholds,
+                     higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Hits and retrieved counts (each (Q, T)) of thresholded retrieval over ranked lists.
+
+    ``scores[q]`` are the scores of the ranked list ``rel[q]``, best first.  The retrieved
+    set at threshold t is {score >= t} (similarities) or {score <= t} (distances,
+    ``higher_is_better=False``).
+    """
+    scores = np.asarray(scores, np.float64)
+    thresholds = np.asarray(thresholds, np.float64)
+    cum = np.concatenate([np.zeros((len(rel), 1), np.int64), np.cumsum(np.asarray(rel, bool), axis=1)], axis=1)
+    n_retrieved = np.empty((len(scores), len(thresholds)), np.int64)
+    for q in range(len(scores)):
+        if higher_is_better:
+            n_retrieved[q] = np.searchsorted(-scores[q], -thresholds, side="right")
+        else:
+            n_retrieved[q] = np.searchsorted(scores[q], thresholds, side="right")
+    return np.take_along_axis(cum, n_retrieved, axis=1), n_retrieved
+
+
+def set_metrics_curve(hits: np.ndarray, n_retrieved: np.ndarray, n_relevant) -> dict[str, np.ndarray]:
+    """Macro precision, recall, F1 (over queries with R > 0) at each column of (Q, T) counts."""
+    n_relevant = np.asarray(n_relevant)
+    n_retrieved = np.broadcast_to(n_retrieved, hits.shape)
+    precision, recall, f1 = set_scores(hits, n_retrieved, n_relevant[:, None])
+    valid = _valid(n_relevant)
+    if not valid.any():
+        nan = np.full(hits.shape[1], np.nan)
+        return {"precision": nan, "recall": nan.copy(), "f1": nan.copy()}
+    return {"precision": precision[valid].mean(axis=0), "recall": recall[valid].mean(axis=0),
+            "f1": f1[valid].mean(axis=0)}
+
+
+def precision_recall_over_k(rel: np.ndarray, n_relevant, ks=None) -> dict[str, np.ndarray]:
+    """Macro precision/recall/F1 of the top-k set for each k (default 1..depth).
+
+    precision(k) = mean_q hits_q(k) / k, recall(k) = mean_q hits_q(k) / R_q, over queries with R > 0.
+    """
+    ks = np.arange(1, rel.shape[1] + 1) if ks is None else np.asarray(ks, np.int64)
+    out = set_metrics_curve(hits_at_ks(rel, ks), np.minimum(ks, rel.shape[1]), n_relevant)
+    return {"k": ks, **out}
+
+
+def precision_recall_over_thresholds(scores: np.ndarray, rel: np.ndarray, n_relevant, thresholds,
+                                     higher_is_better: bool = True) -> dict[str, np.ndarray]:
+    """Macro precision/recall/F1 of thresholded retrieval at each threshold (see :func:`threshold_counts`).
+
+    An empty retrieved set has precision 0, so precision falls to 0 at strict thresholds.
+    """
+    hits, n_retrieved = threshold_counts(scores, rel, thresholds, higher_is_better)
+    return {"threshold": np.asarray(thresholds, np.float64), **set_metrics_curve(hits, n_retrieved, n_relevant)}
+
+
+# --- @k variants of published course projects, each under its own name ----------------
+
+def ap_at_k_over_k(rel: np.ndarray, k: int) -> np.ndarray:
+    """Per-query AP@k of the CIFAR-100 binary-hash project: (1/k) * sum_{r<=k, rel[r]} P@r.
+
+    It divides by k, not by the number of relevant items, so with 100 images per class
+    AP@250 is at most 100/250 = 0.4.  Not the same as the full-ranking AP.
+    """
+    rel = np.asarray(rel, bool)[:, :k]
+    precision_at_r = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    return np.where(rel, precision_at_r, 0.0).sum(axis=1) / k
+
+
+def map_at_k_over_k(rel: np.ndarray, k: int) -> float:
+    """The binary-hash project's "mAP@k": mean over queries of :func:`ap_at_k_over_k`."""
+    return float(np.mean(ap_at_k_over_k(rel, k)))
+
+
+def hierarchy_similarity(query_labels, item_labels, coarse_of) -> np.ndarray:
+    """Graded class similarity: 1 same class, 0.5 same superclass, 0 otherwise.
+
+    ``coarse_of`` maps a fine label to its superclass (a sequence indexed by fine label, or a
+    dict), e.g. the CIFAR-100 fine -> coarse hierarchy.  Shapes broadcast like numpy.
+    """
+    q = np.asarray(query_labels)
+    g = np.asarray(item_labels)
+    lookup = np.vectorize(coarse_of.__getitem__, otypes=[object]) if isinstance(coarse_of, dict) else None
+    cq = lookup(q) if lookup else np.asarray(coarse_of)[q]
+    cg = lookup(g) if lookup else np.asarray(coarse_of)[g]
+    return np.where(q == g, 1.0, np.where(cq == cg, 0.5, 0.0))
+
+
+def hierarchical_gains(ranked_ids: np.ndarray, query_labels, gallery_labels, coarse_of,
+                       exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gains of a ranking and of the ideal ranking under :func:`hierarchy_similarity`.
+
+    Returns ``(gains, ideal)``, both (Q, depth): ``gains[q, r]`` = sim(query q, item at rank r)
+    (0 for id -1), and ``ideal[q]`` = the similarities of all gallery items to query q sorted
+    from high to low (the best possible ranking), truncated to ``depth``.  ``exclude[q]`` is a
+    gallery id left out of query q's ideal list (the query itself in leave-one-out).
+    """
+    ranked_ids = np.asarray(ranked_ids)
+    query_labels = np.asarray(query_labels)
+    gallery_labels = np.asarray(gallery_labels)
+    depth = ranked_ids.shape[1]
+    gains = hierarchy_similarity(query_labels[:, None], gallery_labels[np.clip(ranked_ids, 0, None)], coarse_of)
+    gains = np.where(ranked_ids >= 0, gains, 0.0)
+    ideal = np.empty((len(query_labels), depth))
+    for q, label in enumerate(query_labels):
+        sims = hierarchy_similarity(label, gallery_labels, coarse_of)
+        if exclude is not None and exclude[q] >= 0:
+            sims = np.delete(sims, exclude[q])
+        top = -np.sort(-sims)[:depth]
+        ideal[q] = np.pad(top, (0, depth - len(top)))
+    return gains, ideal
+
+
+def ahp_at_k(gains: np.ndarray, ideal: np.ndarray, k: int) -> np.ndarray:
+    """Per-query average hierarchical precision AHP@k of the binary-hash project.
+
+    HP@r = sum_{i<=r} gains[i] / sum_{i<=r} ideal[i];  AHP@k = (1/k) sum_{r<=k} HP@r.
+    Queries whose ideal prefix sum is 0 (nothing similar at all) give NaN.
+    """
+    got = np.cumsum(np.asarray(gains, np.float64)[:, :k], axis=1)
+    best = np.cumsum(np.asarray(ideal, np.float64)[:, :k], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hp = np.where(best > 0, got / best, np.nan)
+    return hp.mean(axis=1)
+
+
+def mahp_at_k(gains: np.ndarray, ideal: np.ndarray, k: int) -> float:
+    """mAHP@k: mean of :func:`ahp_at_k` over queries (NaN queries skipped)."""
+    values = ahp_at_k(gains, ideal, k)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
