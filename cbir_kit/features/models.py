@@ -13,6 +13,7 @@ Each entry builds a :class:`Backbone`: a module mapping a batch of preprocessed 
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Callable
 
@@ -148,6 +149,30 @@ class _ClipImageTower(nn.Module):
         return self.clip.encode_image(x)
 
 
+def _host_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _clip_weights_cached(arch: str, tag: str) -> bool:
+    """Whether open_clip's Hugging Face weights for ``arch``/``tag`` are already downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = open_clip_pretrained_cfg(arch, tag).get("hf_hub", "").rstrip("/")
+    files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+    return bool(repo) and any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+
+
+def open_clip_pretrained_cfg(arch: str, tag: str) -> dict:
+    import open_clip
+
+    return open_clip.get_pretrained_cfg(arch, tag) or {}
+
+
 def build_clip(arch: str, pretrained: str) -> Backbone:
     import open_clip
 
@@ -157,6 +182,8 @@ def build_clip(arch: str, pretrained: str) -> Backbone:
     if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(arch):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise CbirError(f"open_clip has no pretrained tag {tag!r} for {arch}; available: {tags}")
+    if tag is not None and not _clip_weights_cached(arch, tag) and not _host_reachable("huggingface.co"):
+        raise _offline_hint(f"clip:{arch}:{tag}", ConnectionError("huggingface.co is unreachable (no network)"))
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
     except Exception as err:  # hub download failures surface as several exception types
