@@ -1,0 +1,169 @@
+"""Interactive result explorer for notebooks: pick a query, a method, k or a threshold.
+
+A *method* is any function ``rank(query_index) -> (scores, ids)`` that returns the gallery
+ids of one query, best first, with their similarity scores (higher = more similar).
+:func:`ranker` builds one from query/gallery features and any index with ``search(q, k)``.
+
+The explorer shows the query and its top results (top-k, or every result with
+score >= threshold) as an image grid: a green border marks a relevant result, red an
+irrelevant one, grey a revisitop "junk" image; each tile shows its rank and score.  The
+title gives precision = hits / retrieved and recall = hits / R for the retrieved set.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .datasets import Dataset
+from .images import open_image
+
+Method = Callable[[int], tuple[np.ndarray, np.ndarray]]
+COLOURS = {"relevant": "#1a9850", "irrelevant": "#d73027", "junk": "#9e9e9e"}
+
+
+def ranker(query_features, gallery_features, index=None, depth: int | None = None,
+           leave_one_out: bool = False) -> Method:
+    """A method ranking the gallery for one query with ``index`` (default: exact cosine).
+
+    ``index`` must already hold ``gallery_features`` and have ``search(queries, k) ->
+    (scores, ids)`` with higher scores better; ``depth`` results are kept (default: the
+    whole gallery, so that any threshold can be explored).  With ``leave_one_out`` the query's own
+    gallery entry (same index) is dropped from its list.
+    """
+    from .index import ExactIndex
+
+    query_features = np.asarray(query_features, np.float32)
+    if index is None:
+        index = ExactIndex("ip").fit(gallery_features)
+    n_gallery = len(gallery_features)
+    depth = n_gallery if depth is None else min(depth + int(leave_one_out), n_gallery)
+
+    def rank(qi: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = index.search(query_features[qi:qi + 1], depth)
+        scores, ids = scores[0], ids[0]
+        keep = ids >= 0
+        if leave_one_out:
+            keep &= ids != qi
+        return scores[keep], ids[keep]
+
+    return rank
+
+
+def relevance(ds: Dataset, qi: int, ids) -> list[str]:
+    """``relevant`` / ``irrelevant`` / ``junk`` for each gallery id, for query ``qi``."""
+    ids = np.asarray(ids)
+    if ds.gnd is not None:
+        ok, junk = set(ds.gnd[qi].get("ok", [])), set(ds.gnd[qi].get("junk", []))
+        return ["relevant" if i in ok else "junk" if i in junk else "irrelevant" for i in ids.tolist()]
+    same = ds.gallery_labels[ids] == ds.query_labels[qi]
+    return ["relevant" if s else "irrelevant" for s in same]
+
+
+class Explorer:
+    """Browse ranked lists of ``methods`` (name -> method) over dataset ``ds``.
+
+    ``draw(...)`` returns a matplotlib figure (usable without widgets); ``widget()``
+    returns the ipywidgets control panel that redraws on every change.
+    """
+
+    def __init__(self, ds: Dataset, methods: dict[str, Method], k: int = 8, max_show: int = 24,
+                 threshold: float | None = None, threshold_range: tuple[float, float] = (0.0, 1.0),
+                 ncols: int = 6, thumb: int = 128):
+        if not methods:
+            raise ValueError("Explorer needs at least one method (name -> rank function)")
+        self.ds = ds
+        self.methods = dict(methods)
+        self.k = k
+        self.max_show = max_show
+        self.threshold = threshold
+        self.threshold_range = threshold_range
+        self.ncols = ncols
+        self.thumb = thumb
+        self._thumbs: dict = {}
+
+    def _image(self, ref) -> np.ndarray:
+        key = str(ref) if isinstance(ref, str) else id(ref)
+        if key not in self._thumbs:
+            img = open_image(ref)
+            img.thumbnail((self.thumb, self.thumb), Image.Resampling.BILINEAR)
+            self._thumbs[key] = np.asarray(img)
+        return self._thumbs[key]
+
+    def select(self, qi: int, method: str, k: int | None = None, threshold: float | None = None):
+        """The retrieved results ``(scores, ids)``: the top k, or every score >= threshold."""
+        scores, ids = self.methods[method](qi)
+        n = min(k or self.k, len(ids)) if threshold is None else int(np.sum(scores >= threshold))
+        return scores[:n], ids[:n]
+
+    def draw(self, qi: int = 0, method: str | None = None, k: int | None = None,
+             threshold: float | None = None):
+        """A figure: the query, then the shown results with coloured borders and scores."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+
+        method = method or next(iter(self.methods))
+        scores, ids = self.select(qi, method, k, threshold)
+        kinds = relevance(self.ds, qi, ids)
+        n, hits = len(ids), kinds.count("relevant")
+        scores, ids = scores[:self.max_show], ids[:self.max_show]
+        n_rel = int(self.ds.n_relevant()[qi])
+        ncols = self.ncols
+        nrows = 1 + max(1, int(np.ceil(len(ids) / ncols)))
+        fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols, 2.1 * nrows), squeeze=False,
+                                 layout="constrained")
+        for ax in axes.ravel():
+            ax.axis("off")
+        axes[0, 0].imshow(self._image(self.ds.query[qi]))
+        axes[0, 0].set_title(f"query {qi}\n{self.ds.query_labels[qi]}", fontsize=9)
+        precision = hits / n if n else 0.0
+        recall = hits / n_rel if n_rel else float("nan")
+        rule = f"score >= {threshold:.3f}" if threshold is not None else f"top {n}"
+        more = f" (showing {len(ids)})" if len(ids) < n else ""
+        fig.suptitle(f"{method}: {rule}, {n} retrieved{more}\n"
+                     f"precision {precision:.2f}   recall {recall:.2f}   (R = {n_rel} relevant)", fontsize=10)
+        for pos, (gid, score, kind) in enumerate(zip(ids, scores, kinds)):
+            ax = axes[1 + pos // ncols, pos % ncols]
+            img = self._image(self.ds.gallery[gid])
+            ax.imshow(img)
+            h, w = img.shape[:2]
+            ax.add_patch(Rectangle((0, 0), w - 1, h - 1, fill=False, lw=5, edgecolor=COLOURS[kind]))
+            ax.set_title(f"#{pos + 1}  {score:.3f}", fontsize=9, color=COLOURS[kind])
+        if not len(ids):
+            axes[1, 0].text(0.0, 0.5, "nothing retrieved", fontsize=10)
+        return fig
+
+    def widget(self):
+        """The control panel: query, method, top-k or threshold, and the result grid."""
+        import ipywidgets as W
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        options = [(f"{i}: {label}", i) for i, label in enumerate(self.ds.query_labels.tolist())]
+        query = W.Dropdown(options=options, value=0, description="query")
+        method = W.Dropdown(options=list(self.methods), description="method")
+        mode = W.ToggleButtons(options=["top-k", "threshold"],
+                               value="threshold" if self.threshold is not None else "top-k", description="retrieve")
+        k = W.IntSlider(value=self.k, min=1, max=self.max_show, description="k")
+        lo, hi = self.threshold_range
+        thr = W.FloatSlider(value=self.threshold if self.threshold is not None else (lo + hi) / 2,
+                            min=lo, max=hi, step=(hi - lo) / 100, readout_format=".3f", description="threshold")
+        out = W.Output()
+
+        def update(*_):
+            k.layout.display = "none" if mode.value == "threshold" else None
+            thr.layout.display = None if mode.value == "threshold" else "none"
+            with out:
+                out.clear_output(wait=True)
+                fig = self.draw(query.value, method.value, k=k.value,
+                                threshold=thr.value if mode.value == "threshold" else None)
+                display(fig)
+                plt.close(fig)
+
+        for w in (query, method, mode, k, thr):
+            w.observe(update, names="value")
+        update()
+        panel = W.VBox([W.HBox([query, method]), W.HBox([mode, k, thr]), out])
+        panel.add_class("cbir-explorer")
+        return panel
