@@ -1,25 +1,67 @@
-"""Batched feature extraction: decode in a thread pool while the model runs.
+"""Batched, streaming feature extraction tuned for a laptop CPU (and a GPU when there is one).
 
 ``Extractor.extract(images)`` returns :class:`Features`: one L2-normalised float32 row per
 image, ``f_i = phi(x_i) / ||phi(x_i)||_2``, so the inner product of two rows is their cosine
 similarity.  Images that fail to decode are reported (path and reason), their rows are NaN
 and ``ok`` is False for them: a bad file never stops a run.
+
+``Extractor.stream(images, ranges)`` yields one :class:`Batch` per ``(start, stop)`` range,
+in order, so a caller (the feature cache) can write results as they are made and never hold
+all images or all features in memory.
+
+How the pipeline is made fast (each choice measured by ``cbir bench extract``):
+
+* Decoding and the PIL part of the preprocessing (resize, crop) run in ``num_workers``
+  threads, a few batches ahead of the model; PIL releases the GIL while it works.
+* The tensor part of the preprocessing (``ToTensor`` then ``Normalize``) is done once per
+  batch in the main thread, on uint8 pixels: ``x = (u8 / 255 - mean) / std``, the same
+  float32 operations in the same order as torchvision's transforms, hence bit-identical
+  input tensors.  Worker threads therefore never call torch, so they never start their own
+  OpenMP thread teams (which oversubscribed a 2-core machine: sys time close to user time).
+* The model runs under ``torch.inference_mode`` with ``num_threads`` intra-op threads,
+  CNNs in channels-last memory format (the uint8 batch is channels-last already).
+* ``precision``: ``fp32`` (CPU default), ``bf16`` (CPU autocast, optional) or ``fp16``
+  (CUDA default: autocast, uint8 batches copied from pinned memory).
 """
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..errors import CbirError
 from ..images import ImageLoadError, ImageRef, describe, open_image
 from .models import Backbone, build_backbone, check_spec, preprocess_id
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Images per forward pass, chosen per model from `cbir bench extract --batch-sizes` on a
+# 2-core CPU; CPUs gain little beyond these and larger batches only cost memory.
+DEFAULT_BATCH_SIZE = {"efficientnet_lite0": 32, "resnet18": 32, "resnet50": 16, "clip": 16}
+
+
+def default_batch_size(spec: str) -> int:
+    """The measured default batch size for a model spec (``clip:*`` share one entry)."""
+    key = "clip" if spec.startswith("clip:") else spec.split("-")[0]
+    return DEFAULT_BATCH_SIZE.get(key, 32)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 @dataclass
@@ -29,6 +71,16 @@ class Features:
     vectors: np.ndarray
     ok: np.ndarray
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, image, reason)
+
+
+class Batch(NamedTuple):
+    """Features of ``images[start:stop]``: rows of failed images are NaN with ``ok`` False."""
+
+    start: int
+    stop: int
+    vectors: np.ndarray
+    ok: np.ndarray
+    failures: list[tuple[int, str, str]]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -48,21 +100,103 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16 needs CUDA."""
+    if precision not in PRECISIONS:
+        raise CbirError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise CbirError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 (default) or bf16")
+    return precision
+
+
+class SplitPreprocess(NamedTuple):
+    """A torchvision pipeline cut at ``ToTensor``: a PIL stage and the normalisation constants."""
+
+    pil_stage: Callable[[Image.Image], Image.Image]
+    mean: torch.Tensor | None  # (3,) float32, or None when there is no Normalize
+    std: torch.Tensor | None
+
+
+def split_preprocess(preprocess) -> SplitPreprocess | None:
+    """Cut ``Compose([...PIL transforms..., ToTensor(), Normalize(mean, std)])`` in two.
+
+    Returns None for any other shape of pipeline (it then runs whole, per image).
+    """
+    if not isinstance(preprocess, T.Compose):
+        return None
+    steps = list(preprocess.transforms)
+    at = [i for i, t in enumerate(steps) if isinstance(t, T.ToTensor)]
+    if len(at) != 1:
+        return None
+    tail = steps[at[0] + 1:]
+    if len(tail) > 1 or (tail and not (isinstance(tail[0], T.Normalize) and not tail[0].inplace)):
+        return None
+    mean = std = None
+    if tail:
+        mean = torch.as_tensor(tail[0].mean, dtype=torch.float32)
+        std = torch.as_tensor(tail[0].std, dtype=torch.float32)
+        if mean.numel() != 3 or std.numel() != 3:
+            return None
+    return SplitPreprocess(T.Compose(steps[:at[0]]), mean, std)
+
+
+def uint8_batch_to_input(pixels: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float32: ``(u8 / 255 - mean) / std``.
+
+    The operations are those of ``ToTensor`` then ``Normalize`` in the same order, so the
+    result is bit-identical to stacking per-image transforms.  The result keeps the
+    channels-last layout of the pixels (no copy).
+    """
+    x = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255)
+    if mean is not None:
+        x.sub_(mean.to(x.device).view(1, -1, 1, 1)).div_(std.to(x.device).view(1, -1, 1, 1))
+    return x
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` intra-op threads, restoring the previous setting after."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class Extractor:
     """Turns images into L2-normalised feature vectors with one named backbone.
 
+    ``batch_size`` None takes the measured per-model default (:data:`DEFAULT_BATCH_SIZE`);
+    ``num_workers`` decoding threads (default: the number of cores, at most 4);
+    ``num_threads`` intra-op threads for the model (default: the number of cores).
     The network is built lazily, on the first call that needs it, so a run that finds its
     features in the cache never loads the model.
     """
 
     def __init__(self, spec: str, device: str = "auto", pretrained: bool = True,
-                 batch_size: int = 32, num_workers: int | None = None):
+                 batch_size: int | None = None, num_workers: int | None = None,
+                 num_threads: int | None = None, precision: str = "auto", prefetch_batches: int = 2):
         self.spec = spec
         self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.pretrained = pretrained
-        self.batch_size = batch_size
-        self.num_workers = num_workers or min(4, os.cpu_count() or 1)
+        self.batch_size = int(batch_size or default_batch_size(spec))
+        if self.batch_size < 1:
+            raise CbirError(f"--batch-size must be at least 1; got {batch_size}")
+        cores = available_cores()
+        self.num_workers = int(num_workers or min(4, cores))
+        self.num_threads = int(num_threads or cores)
+        if self.num_workers < 1 or self.num_threads < 1:
+            raise CbirError(f"--workers and threads must be at least 1; got {num_workers}, {num_threads}")
+        self.prefetch_batches = max(1, int(prefetch_batches))
         self._backbone: Backbone | None = None
+        self._split: SplitPreprocess | None = None
 
     @property
     def backbone(self) -> Backbone:
@@ -71,6 +205,7 @@ class Extractor:
             bb.model.eval().to(self.device)
             if bb.channels_last and self.device.type != "mps":
                 bb.model.to(memory_format=torch.channels_last)
+            self._split = split_preprocess(bb.preprocess)
             self._backbone = bb
         return self._backbone
 
@@ -80,57 +215,123 @@ class Extractor:
 
     def cache_identity(self) -> dict:
         """What determines the features besides the images (the cache key); builds nothing."""
-        return {"model": self.spec, "pretrained": self.pretrained, "preprocess": preprocess_id(self.spec)}
+        return {"model": self.spec, "pretrained": self.pretrained, "preprocess": preprocess_id(self.spec),
+                "precision": self.precision}
 
-    def _load(self, ref: ImageRef) -> torch.Tensor | str:
+    def _load(self, ref: ImageRef):
+        """Worker thread: decoded and resized pixels (uint8 HWC array, or a tensor), or the error."""
         try:
-            return self.backbone.preprocess(open_image(ref))
+            img = open_image(ref)
+            split = self._split
+            if split is None:
+                return self.backbone.preprocess(img)
+            out = split.pil_stage(img)
+            if not isinstance(out, Image.Image) or out.mode != "RGB":
+                return self.backbone.preprocess(img)
+            return np.asarray(out, dtype=np.uint8)
         except ImageLoadError as err:
             return err.reason
 
+    def _to_input(self, loaded: list) -> torch.Tensor:
+        """Stack one batch of worker outputs into the model's input tensor on its device."""
+        split = self._split
+        if all(isinstance(a, np.ndarray) for a in loaded) and len({a.shape for a in loaded}) == 1:
+            pixels = torch.from_numpy(np.stack(loaded))
+            if self.device.type == "cuda":
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            x = uint8_batch_to_input(pixels, split.mean, split.std)
+        else:
+            tensors = [a if isinstance(a, torch.Tensor)
+                       else uint8_batch_to_input(torch.from_numpy(a)[None], split.mean, split.std)[0]
+                       for a in loaded]
+            x = torch.stack(tensors).to(self.device)
+        if self.backbone.channels_last and x.dim() == 4 and self.device.type != "mps":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        """Forward one preprocessed batch; returns L2-normalised float32 features on the CPU."""
+        """Forward one preprocessed (B, 3, H, W) batch; L2-normalised float32 features on the CPU."""
         bb = self.backbone
         x = batch.to(self.device, non_blocking=True)
         if bb.channels_last and x.dim() == 4 and self.device.type != "mps":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             out = bb.model(x)
         return F.normalize(out.float(), dim=1).cpu()
 
-    def extract(self, images: Sequence[ImageRef], progress: bool = True, desc: str = "extract") -> Features:
-        """Embed ``images`` in batches; decoding runs ``num_workers`` threads ahead of the model."""
-        n = len(images)
+    def batch_ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """``[start, stop)`` cut into ``batch_size`` pieces, the last one possibly shorter."""
+        return [(a, min(a + self.batch_size, stop)) for a in range(start, stop, self.batch_size)]
+
+    def stream(self, images: Sequence[ImageRef], ranges: Sequence[tuple[int, int]],
+               bar: tqdm | None = None) -> Iterator[Batch]:
+        """Embed ``images[a:b]`` for each ``(a, b)`` in ``ranges``, yielding one Batch each, in order.
+
+        Decoding runs ``prefetch_batches`` ranges ahead of the model in the worker threads;
+        at most that many batches of pixels are in memory at once.
+        """
         dim = self.dim
-        vectors = np.full((n, dim), np.nan, dtype=np.float32)
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cbir-decode") as pool, \
+                torch_threads(self.num_threads if self.device.type == "cpu" else None):
+            queue: deque[tuple[int, int, list[Future]]] = deque()
+            todo = iter(ranges)
+
+            def refill():
+                while len(queue) < self.prefetch_batches + 1:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        return
+                    a, b = nxt
+                    queue.append((a, b, [pool.submit(self._load, images[i]) for i in range(a, b)]))
+
+            try:
+                refill()
+                while queue:
+                    a, b, futures = queue.popleft()
+                    loaded = [f.result() for f in futures]
+                    refill()
+                    vectors = np.full((b - a, dim), np.nan, dtype=np.float32)
+                    ok = np.zeros(b - a, dtype=bool)
+                    failures = [(a + i, describe(images[a + i]), t) for i, t in enumerate(loaded)
+                                if isinstance(t, str)]
+                    good = [i for i, t in enumerate(loaded) if not isinstance(t, str)]
+                    if good:
+                        x = self._to_input([loaded[i] for i in good])
+                        vectors[good] = self.embed_batch(x).numpy()
+                        ok[good] = True
+                    if bar is not None:
+                        bar.update(b - a)
+                    yield Batch(a, b, vectors, ok, failures)
+            finally:
+                for _, _, futures in queue:
+                    for f in futures:
+                        f.cancel()
+
+    def extract(self, images: Sequence[ImageRef], progress: bool = True, desc: str = "extract") -> Features:
+        """Embed all ``images`` in memory (the feature cache streams to disk instead)."""
+        n = len(images)
+        vectors = np.full((n, self.dim), np.nan, dtype=np.float32)
         ok = np.zeros(n, dtype=bool)
         failures: list[tuple[int, str, str]] = []
-        starts = range(0, n, self.batch_size)
-        with ThreadPoolExecutor(self.num_workers) as pool, \
-                tqdm(total=n, desc=f"{desc} [{self.spec}]", unit="img", disable=not progress, leave=False) as bar:
-            def submit(first: int) -> list:
-                return [pool.submit(self._load, r) for r in images[first:first + self.batch_size]]
-
-            pending = submit(0) if n else []
-            for start in starts:
-                loaded = [f.result() for f in pending]
-                nxt = start + self.batch_size
-                pending = submit(nxt) if nxt < n else []  # decode the next batch while this one runs
-                good = [i for i, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
-                for i, t in enumerate(loaded):
-                    if not isinstance(t, torch.Tensor):
-                        failures.append((start + i, describe(images[start + i]), t))
-                if good:
-                    feats = self.embed_batch(torch.stack([loaded[i] for i in good]))
-                    idx = [start + i for i in good]
-                    vectors[idx] = feats.numpy()
-                    ok[idx] = True
-                bar.update(len(loaded))
+        with tqdm(total=n, desc=f"{desc} [{self.spec}]", unit="img", disable=not progress, leave=False) as bar:
+            for batch in self.stream(images, self.batch_ranges(0, n), bar):
+                vectors[batch.start:batch.stop] = batch.vectors
+                ok[batch.start:batch.stop] = batch.ok
+                failures += batch.failures
         return Features(vectors, ok, failures)
 
 
 def create_extractor(spec: str = "efficientnet_lite0", device: str = "auto", pretrained: bool = True,
-                     batch_size: int = 32, num_workers: int | None = None) -> Extractor:
+                     batch_size: int | None = None, num_workers: int | None = None,
+                     num_threads: int | None = None, precision: str = "auto") -> Extractor:
     """The one factory for feature extractors; ``spec`` as in :mod:`cbir_kit.features.models`."""
     check_spec(spec)
-    return Extractor(spec, device=device, pretrained=pretrained, batch_size=batch_size, num_workers=num_workers)
+    return Extractor(spec, device=device, pretrained=pretrained, batch_size=batch_size, num_workers=num_workers,
+                     num_threads=num_threads, precision=precision)
