@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .datasets.cli import add_datasets
 from .errors import CbirError
 from .features import OFFLINE_MODEL
 
@@ -47,7 +48,7 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-COMMANDS = [add_evaluate]
+COMMANDS = [add_evaluate, add_datasets]
 
 
 def build_parser() -> argparse.ArgumentParser:

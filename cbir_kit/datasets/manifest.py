@@ -4,7 +4,14 @@ CSV manifest: columns ``split,path,label``; ``split`` is ``query`` or ``gallery`
 are relative to the CSV's folder (absolute paths are kept as they are).
 
 Folder layout: one sub-folder per class, images inside (searched recursively).  Every
-image queries all the others (leave-one-out).
+image queries all the others (leave-one-out).  A folder that holds both a ``query/`` and a
+``gallery/`` folder is read as the query/gallery layout instead (detected automatically).
+
+Query/gallery layout (``qg:PATH``, or ``folder:PATH`` when detected): ``PATH/query/`` and
+``PATH/gallery/``.  Labels come from ``PATH/labels.csv`` when it exists -- either a full
+``split,path,label`` manifest, or just ``path,label`` with the split read from the path's first
+folder (``query/...`` or ``gallery/...``) -- and otherwise from class sub-folders
+(``query/<class>/*``, ``gallery/<class>/*``).
 """
 from __future__ import annotations
 
@@ -48,6 +55,11 @@ def load_csv(path: str | os.PathLike, name: str | None = None) -> Dataset:
                 f"manifest {path} lacks column(s) {', '.join(missing)}; its header is "
                 f"{reader.fieldnames}. The first line must be: split,path,label")
         rows = list(reader)
+    return _from_rows(rows, path, name)
+
+
+def _from_rows(rows: list[dict], path: Path, name: str | None) -> Dataset:
+    """A query/gallery :class:`Dataset` from manifest rows (dicts with split, path, label)."""
     base = path.parent
     split = {"query": ([], []), "gallery": ([], [])}
     seen: dict[str, int] = {}
@@ -90,11 +102,8 @@ def list_images(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def load_folder(path: str | os.PathLike, name: str | None = None) -> Dataset:
-    """One sub-folder per class; every image queries all the others (leave-one-out)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DatasetError(f"folder {path} does not exist; pass folder:PATH to a folder with one sub-folder per class")
+def _class_folders(path: Path) -> tuple[list[Path], list[str], list[str]]:
+    """Class sub-folders of ``path`` with their images and labels; an empty class is an error."""
     classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DatasetError(f"folder {path} has no class sub-folders; put each class's images in its own sub-folder")
@@ -106,6 +115,66 @@ def load_folder(path: str | os.PathLike, name: str | None = None) -> Dataset:
                                "add images or remove the folder")
         images += [str(p) for p in found]
         labels += [d.name] * len(found)
+    return classes, images, labels
+
+
+def is_query_gallery(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds both a ``query/`` and a ``gallery/`` folder."""
+    path = Path(path)
+    return (path / "query").is_dir() and (path / "gallery").is_dir()
+
+
+def load_query_gallery(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """The query/gallery layout (see the module docstring)."""
+    path = Path(path)
+    if not is_query_gallery(path):
+        raise DatasetError(f"{path} must contain a query/ and a gallery/ folder for the query/gallery layout")
+    labels_csv = path / "labels.csv"
+    if labels_csv.is_file():
+        with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+        if "split" in columns:
+            return load_csv(labels_csv, name=name or f"qg:{path}")
+        if "path" not in columns or "label" not in columns:
+            raise DatasetError(f"{labels_csv} needs columns path,label (or split,path,label); its header is {columns}")
+        for line, row in enumerate(rows, start=2):
+            top = (row["path"] or "").replace("\\", "/").split("/", 1)[0]
+            if top not in ("query", "gallery"):
+                raise DatasetError(f"{labels_csv}, line {line}: path {row['path']!r} is not inside query/ or "
+                                   "gallery/; add a split column or fix the path")
+            row["split"] = top
+        ds = _from_rows(rows, labels_csv, name or f"qg:{path}")
+        ds.info["manifest"] = str(labels_csv)
+        return ds
+    parts = {}
+    for split in ("query", "gallery"):
+        if list_images_flat(path / split):
+            raise DatasetError(f"{path / split} holds images but no class sub-folders, and {labels_csv} is absent; "
+                               "put the images in class sub-folders or add labels.csv with columns path,label")
+        parts[split] = _class_folders(path / split)
+    classes, query, q_labels = parts["query"]
+    g_classes, gallery, g_labels = parts["gallery"]
+    return Dataset(name=name or f"qg:{path}", query=query, gallery=gallery,
+                   query_labels=np.array(q_labels, dtype=object), gallery_labels=np.array(g_labels, dtype=object),
+                   class_names=sorted({d.name for d in classes + g_classes}), info={"folder": str(path)})
+
+
+def list_images_flat(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (not in sub-folders)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def load_folder(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """One sub-folder per class, leave-one-out; a query/ + gallery/ folder pair is detected."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DatasetError(f"folder {path} does not exist; pass folder:PATH to a folder with one sub-folder per class")
+    if is_query_gallery(path):
+        return load_query_gallery(path, name=name or f"folder:{path}")
+    classes, images, labels = _class_folders(path)
     labels = np.array(labels, dtype=object)
     return Dataset(name=name or f"folder:{path}", query=list(images), gallery=images,
                    query_labels=labels, gallery_labels=labels.copy(), leave_one_out=True,
