@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
+from . import revisitop
 from .datasets import Dataset, load
 from .errors import CbirError
 from .features import FeatureCache, OFFLINE_MODEL, create_extractor
@@ -37,6 +38,7 @@ class EvalResult:
     config: dict = field(default_factory=dict)
     per_query_ap: np.ndarray | None = None
     ranked_ids: np.ndarray | None = None  # top-k gallery ids per query, best first
+    curves: dict = field(default_factory=dict)  # "over_k" / "over_threshold": metrics.precision_recall_over_*
 
     def to_dict(self) -> dict:
         return {
@@ -83,29 +85,61 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     """Rank the whole gallery for every query (in chunks) and compute the metrics.
 
     For leave-one-out datasets the query's own gallery entry is removed from its ranking.
-    Returns ``(metrics, per-query AP, top-k ids)``.
+    With revisitop ground truth (``ds.gnd``) the standard metrics use the Medium setting
+    (relevant = easy + hard, junk removed from the ranking) and the protocol's
+    ``mAP_<setting>`` / ``mP@k_<setting>`` (x100, :mod:`cbir_kit.revisitop`) are added.
+    Also fills ``curves``: precision/recall/F1 over k and, for cosine scores on label
+    ground truth, over score thresholds t in [-1, 1] (the set {score >= t}: a static threshold).
+    Returns ``(metrics, per-query AP, top-k ids, curves)``.
     """
     n_gallery = index.ntotal
     depth = n_gallery - 1 if ds.leave_one_out else n_gallery
     if depth < 1:
         raise CbirError(f"{ds.name}: the gallery has no item to retrieve for a query")
-    n_relevant = ds.n_relevant()
+    gnd = ds.gnd
+    if gnd is not None:
+        n_relevant = np.array([len(revisitop.setting_lists(g, "medium")[0]) for g in gnd])
+    else:
+        n_relevant = ds.n_relevant()
     keep_cols = max(k, 10)
-    rels, aps, tops = [], [], []
+    curve_ks = np.unique(np.r_[np.arange(1, min(depth, 100) + 1), np.geomspace(1, depth, 200).astype(np.int64)])
+    thresholds = np.linspace(-1.0, 1.0, 201) if index.metric == "ip" else None
+    rels, aps, tops, k_hits, t_hits, t_retrieved = [], [], [], [], [], []
+    per_setting = {s: ([], []) for s in revisitop.SETTINGS}
     for start in range(0, len(queries), chunk):
-        _, ids = index.search(queries[start:start + chunk], n_gallery)
+        scores, ids = index.search(queries[start:start + chunk], n_gallery)
         if ds.leave_one_out:
             own = np.arange(start, start + len(ids))[:, None]
+            scores = scores[ids != own].reshape(len(ids), depth)
             ids = ids[ids != own].reshape(len(ids), depth)
-        rel = M.relevance_matrix(ids, ds.query_labels[start:start + chunk], ds.gallery_labels)
+        if gnd is not None:
+            chunk_gnd = gnd[start:start + chunk]
+            rel = np.stack([revisitop.relevance_without_junk(row, g, "medium")[0] for row, g in zip(ids, chunk_gnd)])
+            for setting, (s_aps, s_prs) in per_setting.items():
+                a, p = revisitop.per_query_scores(ids, chunk_gnd, setting)
+                s_aps.append(a)
+                s_prs.append(p)
+        else:
+            rel = M.relevance_matrix(ids, ds.query_labels[start:start + chunk], ds.gallery_labels)
         aps.append(M.average_precisions(rel, n_relevant[start:start + chunk]))
         rels.append(rel[:, :keep_cols])
         tops.append(ids[:, :k])
+        k_hits.append(M.hits_at_ks(rel, curve_ks))
+        if thresholds is not None and gnd is None:
+            hits, retrieved = M.threshold_counts(scores, rel, thresholds)
+            t_hits.append(hits)
+            t_retrieved.append(retrieved)
     rel = np.concatenate(rels)
     ap = np.concatenate(aps)
     out = M.topk_metrics(rel, n_relevant, min(k, depth))
     out["mAP"] = float(np.nanmean(ap))
-    return out, ap, np.concatenate(tops)
+    if gnd is not None:
+        out.update(revisitop.summarize({s: (np.concatenate(a), np.concatenate(p)) for s, (a, p) in per_setting.items()}))
+    curves = {"over_k": {"k": curve_ks, **M.set_metrics_curve(np.concatenate(k_hits), curve_ks, n_relevant)}}
+    if t_hits:
+        curves["over_threshold"] = {"threshold": thresholds, **M.set_metrics_curve(
+            np.concatenate(t_hits), np.concatenate(t_retrieved), n_relevant)}
+    return out, ap, np.concatenate(tops), curves
 
 
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
@@ -149,7 +183,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     index.search(queries, k_eff + (1 if ds.leave_one_out else 0))
     search_s = time.perf_counter() - t0
 
-    metric_values, ap, top = full_ranking_metrics(index, queries, ds, k_eff)
+    metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff)
     total_s = time.perf_counter() - t_start
     timings = {
         "extract_s": extract_s,
@@ -164,5 +198,5 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
         skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
                                  "metric": "inner product (cosine on L2-normalised features)"},
-        per_query_ap=ap, ranked_ids=top,
+        per_query_ap=ap, ranked_ids=top, curves=curves,
     )

@@ -1,0 +1,61 @@
+"""evaluate() reports the revisitop protocol on datasets with ground truth, and its curves."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cbir_kit import metrics as M
+from cbir_kit import revisitop as RV
+from cbir_kit.datasets import Dataset
+from cbir_kit.evaluate import evaluate
+from cbir_kit.index.exact import numpy_search
+
+
+def synthetic_gnd(ds: Dataset) -> list[dict]:
+    """Per query: same-source gallery images split into easy/hard, one other image as junk."""
+    gnd = []
+    for q, label in enumerate(ds.query_labels):
+        same = np.flatnonzero(ds.gallery_labels == label)
+        other = np.flatnonzero(ds.gallery_labels != label)
+        hard = same[:1] if q % 3 else same[:0]  # every third query has no hard positive
+        gnd.append({"easy": same[len(hard):], "hard": hard, "junk": other[q % len(other)][None],
+                    "bbx": [0, 0, 1, 1]})
+    return gnd
+
+
+def test_evaluate_reports_revisitop_settings(demo_features):
+    q, g, ds = demo_features
+    gnd = synthetic_gnd(ds)
+    gds = Dataset(name="demo-gnd", query=ds.query, gallery=ds.gallery, query_labels=ds.query_labels,
+                  gallery_labels=ds.gallery_labels, gnd=gnd)
+    result = evaluate(gds, k=10, progress=False)
+    _, ranks = numpy_search(q, g, len(g))
+    expect = RV.evaluate_ranks(ranks, gnd)
+    for key, value in expect.items():
+        assert result.metrics[key] == pytest.approx(value, abs=1e-4), key
+    assert {"mAP_easy", "mAP_medium", "mAP_hard", "mP@1_easy", "mP@10_hard"} <= set(result.metrics)
+    # standard metrics use the Medium setting with junk removed
+    rel = np.stack([RV.relevance_without_junk(r, e, "medium")[0] for r, e in zip(ranks, gnd)])
+    n_ok = np.array([len(e["easy"]) + len(e["hard"]) for e in gnd])
+    assert result.metrics["mAP"] == pytest.approx(M.mean_average_precision(rel, n_ok), abs=1e-4)
+    assert result.metrics["P@5"] == pytest.approx(M.precision_at_k(rel, 5), abs=1e-6)
+    assert "over_threshold" not in result.curves
+    assert "mAP_easy" in result.to_dict()["metrics"]
+
+
+def test_evaluate_curves_match_metrics(demo_features):
+    q, g, ds = demo_features
+    result = evaluate(ds, k=10, progress=False)
+    scores, ranks = numpy_search(q, g, len(g))
+    rel = M.relevance_matrix(ranks, ds.query_labels, ds.gallery_labels)
+    n_rel = ds.n_relevant()
+    over_k = result.curves["over_k"]
+    ref = M.precision_recall_over_k(rel, n_rel, over_k["k"])
+    np.testing.assert_allclose(over_k["precision"], ref["precision"], atol=1e-6)
+    np.testing.assert_allclose(over_k["recall"], ref["recall"], atol=1e-6)
+    assert over_k["recall"][-1] == pytest.approx(1.0)
+    over_t = result.curves["over_threshold"]
+    ref_t = M.precision_recall_over_thresholds(scores, rel, n_rel, over_t["threshold"])
+    # faiss and numpy scores may differ in the last float bits; compare away from ties
+    assert np.mean(np.abs(over_t["f1"] - ref_t["f1"]) < 1e-6) > 0.95
+    assert "mAP_easy" not in result.metrics
