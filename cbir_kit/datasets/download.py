@@ -87,6 +87,13 @@ def _open(url: str, offset: int, timeout: float):
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
+def _range_start(content_range: str | None) -> int | None:
+    """First byte of a ``Content-Range: bytes START-END/TOTAL`` header (None if absent or odd)."""
+    unit, _, spec = (content_range or "").partition(" ")
+    start = spec.split("-", 1)[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
+
+
 def _transfer(url: str, part: Path, timeout: float, progress: bool, desc: str) -> None:
     """Append the rest of ``url`` to ``part`` (resuming at its size); raise ``_Short`` when cut off."""
     from tqdm.auto import tqdm
@@ -99,8 +106,8 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool, desc: str) -
             return
         raise
     with resp:
-        if offset and resp.status != 206:  # server ignored the range: start over
-            offset = 0
+        if offset and (resp.status != 206 or _range_start(resp.headers.get("Content-Range")) != offset):
+            offset = 0  # server ignored (or misread) the range: start over
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         mode = "ab" if offset else "wb"
