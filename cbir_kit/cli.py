@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .datasets.cli import add_datasets
+from .compare import add_compare
 from .errors import CbirError
 from .features import OFFLINE_MODEL
 
@@ -37,6 +38,10 @@ def run_evaluate(args) -> int:
     if args.json:
         result.write_json(args.json)
         print(f"\nwrote {args.json}")
+    if args.report:
+        from .report import write_report
+
+        print(f"wrote {write_report(result, args.report)}")
     return 0
 
 
@@ -45,10 +50,11 @@ def add_evaluate(sub) -> None:
     add_common(p)
     p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
     p.set_defaults(func=run_evaluate)
 
 
-COMMANDS = [add_evaluate, add_datasets]
+COMMANDS = [add_evaluate, add_compare, add_datasets]
 
 
 def build_parser() -> argparse.ArgumentParser:

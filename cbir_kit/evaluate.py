@@ -39,6 +39,7 @@ class EvalResult:
     per_query_ap: np.ndarray | None = None
     ranked_ids: np.ndarray | None = None  # top-k gallery ids per query, best first
     curves: dict = field(default_factory=dict)  # "over_k" / "over_threshold": metrics.precision_recall_over_*
+    ds: Dataset | None = field(default=None, repr=False)  # the dataset the rankings index into (for plots)
 
     def to_dict(self) -> dict:
         return {
@@ -198,5 +199,5 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
         skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
                                  "metric": "inner product (cosine on L2-normalised features)"},
-        per_query_ap=ap, ranked_ids=top, curves=curves,
+        per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )

@@ -1,0 +1,123 @@
+"""``cbir compare``: several configurations on one dataset, one table of quality and speed.
+
+A configuration is a string of ``key=value`` pairs separated by commas, each key a keyword
+argument of :func:`cbir_kit.evaluate.evaluate`; ``exact`` (or an empty string) means the
+defaults.  Examples::
+
+    exact
+    index=HNSW32
+    hash=itq:64,shortlist=200
+    rerank=kreciprocal,qe=alpha
+
+Values that look like integers, floats or booleans (``true`` / ``false``) are converted.
+All configurations share the dataset, model and feature cache, so features are extracted
+once and the other runs load them (``cache_hit`` in the table says which).
+"""
+from __future__ import annotations
+
+import inspect
+
+from .errors import CbirError
+
+# evaluate() arguments that belong to the whole comparison, not to one configuration
+SHARED = ("dataset", "model", "k", "root", "cache_dir", "device", "batch_size", "num_workers", "progress", "seed")
+
+
+def _convert(value: str):
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def config_keys() -> list[str]:
+    """The keys a configuration may set: evaluate()'s keyword arguments minus the shared ones."""
+    from .evaluate import evaluate
+
+    return [name for name in inspect.signature(evaluate).parameters if name not in SHARED]
+
+
+def parse_config(text: str) -> dict:
+    """``"hash=itq:64,shortlist=200"`` -> ``{"hash": "itq:64", "shortlist": 200}``; ``exact`` -> {}."""
+    text = text.strip()
+    if text in ("", "exact"):
+        return {}
+    allowed = config_keys()
+    out = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise CbirError(f"configuration {text!r}: {part!r} is not key=value; write e.g. index=HNSW32")
+        if key not in allowed:
+            raise CbirError(f"configuration {text!r}: unknown key {key!r}; this version knows "
+                            f"{', '.join(allowed) or 'none'} (the dataset, model and k are set once for all)")
+        if key in out:
+            raise CbirError(f"configuration {text!r}: {key!r} is given twice")
+        out[key] = _convert(value.strip())
+    return out
+
+
+def compare(configs, dataset="demo", labels=None, **shared) -> list:
+    """Run :func:`~cbir_kit.evaluate.evaluate` once per configuration; returns the results.
+
+    ``shared`` holds the arguments common to every run (model, k, cache_dir, ...).  Each
+    result's ``config["label"]`` is its configuration string (or ``labels[i]``).
+    """
+    from .evaluate import evaluate
+
+    configs = list(configs)
+    if not configs:
+        raise CbirError("compare needs at least one configuration, e.g. --configs exact index=HNSW32")
+    unknown = set(shared) - set(SHARED)
+    if unknown:
+        raise CbirError(f"compare: {sorted(unknown)} belong in a configuration string, not in the shared arguments")
+    parsed = [parse_config(c) for c in configs]  # all checked before the first (slow) run
+    labels = list(labels) if labels is not None else [c.strip() or "exact" for c in configs]
+    results = []
+    for kwargs, label in zip(parsed, labels):
+        result = evaluate(dataset=dataset, **shared, **kwargs)
+        result.config["label"] = label
+        results.append(result)
+    return results
+
+
+def run_compare(args) -> int:
+    from .report import summary_table, write_report
+
+    results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k, root=args.root,
+                      cache_dir=args.cache, device=args.device, batch_size=args.batch_size,
+                      num_workers=args.workers, progress=not args.no_progress, seed=args.seed)
+    table = summary_table(results)
+    first = results[0]
+    print(f"{first.dataset}: {first.n_queries} queries, {first.n_gallery} gallery images, k {first.k}, "
+          f"model {first.model}\n")
+    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 50):
+        print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    if args.json:
+        from .evaluate import write_json_atomic
+
+        write_json_atomic(args.json, {"runs": [r.to_dict() for r in results]})
+        print(f"\nwrote {args.json}")
+    if args.report:
+        print(f"wrote {write_report(results, args.report, title='Comparison')}")
+    return 0
+
+
+def add_compare(sub) -> None:
+    from .cli import add_common
+
+    p = sub.add_parser("compare", help="several configurations on one dataset: one table of quality and speed")
+    add_common(p)
+    p.add_argument("--configs", nargs="+", default=["exact"], metavar="CONFIG",
+                   help='configurations, each "key=value,key=value" of evaluate() options, '
+                        'e.g. exact "index=HNSW32" "hash=itq:64,shortlist=200" (default: exact)')
+    p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write all runs as JSON")
+    p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
+    p.set_defaults(func=run_compare)

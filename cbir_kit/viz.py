@@ -1,0 +1,207 @@
+"""Plots of retrieval results, one call each; every function returns a matplotlib Figure.
+
+In a notebook::
+
+    from cbir_kit import viz
+    result = evaluate("demo")
+    viz.plot_pr_curve(result)              # precision-recall over k
+    viz.plot_query_grid(result, n_best=3)  # best and worst queries with their top-k
+
+Functions take :class:`~cbir_kit.evaluate.EvalResult` objects (one or a list, labelled by
+``labels`` or by ``result.config["label"]``, else the model name) or plain arrays.  The
+report (:mod:`cbir_kit.report`) saves these same figures as PNG files.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg", "widget",
+                                             "module://ipympl.backend_nbagg"):
+    matplotlib.use("Agg")  # headless by default; notebooks keep their inline backend
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from .errors import CbirError  # noqa: E402
+from .images import ImageLoadError, open_image  # noqa: E402
+
+RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
+
+
+def _as_list(results) -> list:
+    return list(results) if isinstance(results, (list, tuple)) else [results]
+
+
+def result_label(result, i: int = 0) -> str:
+    """A result's display name: ``config["label"]``, else model (+ index when not exact)."""
+    config = getattr(result, "config", {}) or {}
+    if config.get("label"):
+        return str(config["label"])
+    index = config.get("index", "Flat")
+    return result.model if index == "Flat" else f"{result.model} {index}"
+
+
+def _labels(results, labels) -> list[str]:
+    if labels is None:
+        return [result_label(r, i) for i, r in enumerate(results)]
+    if len(labels) != len(results):
+        raise CbirError(f"got {len(labels)} labels for {len(results)} results")
+    return list(labels)
+
+
+def plot_pr_curve(results, labels: Sequence[str] | None = None, marks=(1, 5, 10)) -> Figure:
+    """Macro precision against macro recall of the top-k set as k grows (``curves["over_k"]``)."""
+    results = _as_list(results)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+    for result, label in zip(results, _labels(results, labels)):
+        curve = result.curves.get("over_k")
+        if curve is None:
+            raise CbirError(f"{label}: the result has no precision-recall curve (run it with evaluate())")
+        line, = ax.plot(curve["recall"], curve["precision"], label=label, lw=2)
+        for k in marks:
+            i = np.searchsorted(curve["k"], k)
+            if i < len(curve["k"]) and curve["k"][i] == k:
+                ax.plot(curve["recall"][i], curve["precision"][i], "o", color=line.get_color(), ms=5)
+                ax.annotate(f"k={k}", (curve["recall"][i], curve["precision"][i]), textcoords="offset points",
+                            xytext=(6, -12), fontsize=9, color=line.get_color())
+    ax.set(xlabel="recall (macro over queries)", ylabel="precision (macro over queries)",
+           xlim=(0, 1.05), ylim=(0, 1.05), title="Precision-recall of the top-k set, k = 1 ... gallery size")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    return fig
+
+
+def plot_methods(frame, quality: str = "mAP", latency: str = "search_ms_per_query") -> Figure:
+    """Two bar charts side by side: ``quality`` and ``latency`` per method (rows of ``frame``)."""
+    names = [str(i) for i in frame.index]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(names) + 5), 4.2), layout="constrained")
+    for ax, column, colour, fmt in ((axes[0], quality, "#2b83ba", "{:.3f}"), (axes[1], latency, "#fdae61", "{:.3g}")):
+        if column not in frame.columns:
+            raise CbirError(f"no column {column!r} to plot; columns: {list(frame.columns)}")
+        values = frame[column].astype(float).to_numpy()
+        bars = ax.bar(range(len(names)), values, color=colour)
+        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=9, padding=2)
+        ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
+        ax.set_title(column)
+        ax.set_ylim(0, max(np.nanmax(values) * 1.18, 1e-9))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(quality)
+    axes[1].set_ylabel("milliseconds per query" if latency.endswith("ms_per_query") else latency)
+    return fig
+
+
+def plot_recall_vs_latency(frame, recall: str = "R@10", latency: str = "search_ms_per_query") -> Figure:
+    """Each method (row) as a point: search latency (x) against a recall metric (y)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    x = frame[latency].astype(float).to_numpy()
+    y = frame[recall].astype(float).to_numpy()
+    ax.scatter(x, y, s=50, color="#2b83ba", zorder=3)
+    for name, xi, yi in zip(frame.index, x, y):
+        ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.set(xlabel=f"{latency} (lower is better)", ylabel=f"{recall} (higher is better)",
+           title=f"{recall} against search latency")
+    ax.margins(x=0.25, y=0.15)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_f1_vs_threshold(curves: dict, chosen: dict | None = None) -> Figure:
+    """F1 (and precision, recall) against the threshold, one colour per curve.
+
+    ``curves``: name -> dict with ``threshold``, ``f1`` (and optionally ``precision``,
+    ``recall``), e.g. ``{"static": result.curves["over_threshold"]}``.  A dynamic
+    threshold is plotted against its ``T_static`` offset.  ``chosen``: name -> the
+    threshold selected (a dotted vertical line).
+    """
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (name, curve), colour in zip(curves.items(), colours):
+        t = np.asarray(curve["threshold"])
+        ax.plot(t, curve["f1"], color=colour, lw=2.2, label=f"{name}: F1 (best {np.nanmax(curve['f1']):.3f})")
+        if "precision" in curve:
+            ax.plot(t, curve["precision"], color=colour, lw=1, ls="--", label=f"{name}: precision")
+        if "recall" in curve:
+            ax.plot(t, curve["recall"], color=colour, lw=1, ls=":", label=f"{name}: recall")
+        if chosen and name in chosen:
+            ax.axvline(chosen[name], color=colour, ls="-.", lw=1)
+    ax.set(xlabel="threshold on the similarity (retrieve score >= t)", ylabel="macro over queries",
+           ylim=(0, 1.02), title="F1 against the threshold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def _thumb(ref, size: int) -> np.ndarray | None:
+    try:
+        img = open_image(ref, draft_size=(size, size))
+    except ImageLoadError:
+        return None
+    img.thumbnail((size, size))
+    square = Image.new("RGB", (size, size), "white")  # letterbox so every cell has the same shape
+    square.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return np.asarray(square)
+
+
+def _show(ax, ref, colour: str, title: str, size: int) -> None:
+    pixels = _thumb(ref, size)
+    if pixels is None:
+        ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=8)
+    else:
+        ax.imshow(pixels)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(5)
+    ax.set_title(title, fontsize=9, color=colour if colour != QUERY else "black")
+
+
+def relevance_colours(result, query: int, ids: np.ndarray) -> list[str]:
+    """Border colour per retrieved id: green relevant, red not, grey revisitop junk (Medium)."""
+    ds = result.ds
+    if ds.gnd is not None:
+        entry = ds.gnd[query]
+        ok = set(np.concatenate([np.asarray(entry.get("easy", []), int), np.asarray(entry.get("hard", []), int)]).tolist())
+        junk = set(np.asarray(entry.get("junk", []), int).tolist())
+        return [RELEVANT if i in ok else JUNK if i in junk else NOT_RELEVANT for i in ids]
+    return [RELEVANT if ds.gallery_labels[i] == ds.query_labels[query] else NOT_RELEVANT for i in ids]
+
+
+def pick_queries(per_query_ap: np.ndarray, n_best: int, n_worst: int) -> tuple[list[int], list[int]]:
+    """Indices of the ``n_best`` highest-AP and ``n_worst`` lowest-AP queries (NaN ignored, no overlap)."""
+    ap = np.asarray(per_query_ap, float)
+    valid = np.flatnonzero(np.isfinite(ap))
+    order = valid[np.argsort(-ap[valid], kind="stable")]
+    best = order[:n_best].tolist()
+    worst = [q for q in order[::-1][:n_worst].tolist() if q not in best]
+    return best, worst
+
+
+def plot_query_grid(result, n_best: int = 3, n_worst: int = 3, k: int = 5, thumb: int = 160) -> Figure:
+    """The best and worst queries by AP: the query, then its top-k with coloured borders.
+
+    Green = relevant, red = not relevant (grey = junk on revisitop sets).  Needs a result
+    from :func:`~cbir_kit.evaluate.evaluate` (it carries the dataset and the rankings).
+    """
+    if getattr(result, "ds", None) is None or result.ranked_ids is None or result.per_query_ap is None:
+        raise CbirError("plot_query_grid needs an EvalResult from evaluate() (dataset, rankings and per-query AP)")
+    k = min(k, result.ranked_ids.shape[1])
+    best, worst = pick_queries(result.per_query_ap, n_best, n_worst)
+    rows = [(q, "best") for q in best] + [(q, "worst") for q in worst]
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.75 * (k + 1), 1.95 * len(rows) + 0.5),
+                             squeeze=False, layout="constrained")
+    ds = result.ds
+    for row, (q, kind) in enumerate(rows):
+        ids = result.ranked_ids[q, :k]
+        _show(axes[row, 0], ds.query[q], QUERY, f"{kind} #{q}\nAP {result.per_query_ap[q]:.2f}", thumb)
+        for col, (gid, colour) in enumerate(zip(ids, relevance_colours(result, q, ids)), start=1):
+            if gid < 0:
+                axes[row, col].axis("off")
+                continue
+            _show(axes[row, col], ds.gallery[gid], colour, f"rank {col}", thumb)
+    fig.suptitle(f"{ds.name}: best and worst queries (blue = query, green = relevant, red = not relevant)",
+                 fontsize=10)
+    return fig

@@ -1,0 +1,120 @@
+"""Report, plots and `cbir compare` end to end on the demo dataset (features from the session cache)."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+
+from cbir_kit import report, viz
+from cbir_kit.cli import main
+from cbir_kit.compare import compare, config_keys, parse_config
+from cbir_kit.errors import CbirError
+from cbir_kit.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def demo_result(demo_features):
+    return evaluate("demo", k=10, progress=False)
+
+
+def test_plots_return_figures(demo_result):
+    for fig in (viz.plot_pr_curve(demo_result), viz.plot_query_grid(demo_result, n_best=2, n_worst=2, k=4),
+                viz.plot_methods(report.summary_table([demo_result])),
+                viz.plot_f1_vs_threshold({"static": demo_result.curves["over_threshold"]}, chosen={"static": 0.5})):
+        assert isinstance(fig, matplotlib.figure.Figure)
+        matplotlib.pyplot.close(fig)
+
+
+def test_query_grid_colours_follow_relevance(demo_result):
+    best, worst = viz.pick_queries(demo_result.per_query_ap, 3, 3)
+    ap = demo_result.per_query_ap
+    assert ap[best[0]] == np.nanmax(ap) and ap[worst[0]] == np.nanmin(ap) and not set(best) & set(worst)
+    q = worst[0]
+    ids = demo_result.ranked_ids[q, :5]
+    ds = demo_result.ds
+    expect = [viz.RELEVANT if ds.gallery_labels[i] == ds.query_labels[q] else viz.NOT_RELEVANT for i in ids]
+    assert viz.relevance_colours(demo_result, q, ids) == expect
+
+
+def test_cli_evaluate_report_writes_markdown_and_pngs(demo_features, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["evaluate", "--no-progress", "--report", str(out), "--json", str(tmp_path / "r.json")]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["f1_threshold.png", "methods.png", "pr_curve.png", "queries.png", "report.md"]
+    text = (out / "report.md").read_text()
+    for name in files[:-1]:
+        assert f"]({name})" in text
+    assert "| efficientnet_lite0 |" in text and "hit_rate@10" in text
+    assert (out / "queries.png").stat().st_size > 10_000
+
+
+def test_parse_config(monkeypatch):
+    assert parse_config("exact") == {} and parse_config("") == {}
+    monkeypatch.setattr("cbir_kit.compare.config_keys", lambda: ["index", "hash", "shortlist", "rerank"])
+    assert parse_config("hash=itq:64,shortlist=200") == {"hash": "itq:64", "shortlist": 200}
+    assert parse_config("index=HNSW32, rerank=true") == {"index": "HNSW32", "rerank": True}
+    with pytest.raises(CbirError, match="unknown key 'colour'"):
+        parse_config("colour=blue")
+    with pytest.raises(CbirError, match="not key=value"):
+        parse_config("HNSW32")
+    with pytest.raises(CbirError, match="given twice"):
+        parse_config("index=a,index=b")
+
+
+def test_config_keys_are_evaluate_keywords():
+    import inspect
+
+    keys = config_keys()
+    params = inspect.signature(evaluate).parameters
+    assert set(keys) <= set(params) and "model" not in keys and "dataset" not in keys
+    with pytest.raises(CbirError, match="dataset, model and k"):
+        parse_config("model=resnet18")
+
+
+def test_compare_runs_each_config_and_reports(demo_features, tmp_path):
+    results = compare(["exact", "exact"], dataset="demo", labels=["a", "b"], k=5, progress=False)
+    table = report.summary_table(results)
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["b", "cache_hit"]  # features extracted once, then loaded
+    assert table.loc["a", "mAP"] == pytest.approx(table.loc["b", "mAP"])
+    path = report.write_report(results, tmp_path / "cmp")
+    assert "| a |" in path.read_text() and "| b |" in path.read_text()
+    with pytest.raises(CbirError, match="unknown key"):
+        compare(["exact", "nonsense=1"], dataset="demo")
+
+
+def test_cli_compare_prints_one_table(demo_features, tmp_path, capsys):
+    assert main(["compare", "--no-progress", "--configs", "exact", "--k", "5", "--json", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    assert "mAP" in out and "search_ms_per_query" in out
+    assert json.loads((tmp_path / "c.json").read_text())["runs"][0]["config"]["label"] == "exact"
+    assert main(["compare", "--configs", "bogus=1"]) == 2
+    assert "unknown key 'bogus'" in capsys.readouterr().err
+
+
+def test_hash_project_table_worked_example():
+    # 4 gallery items of fine classes 0 0 1 2 (superclasses 0 0 0 1); queries = items 0 and 3
+    gallery = np.array([[1, 0], [0.9, 0.1], [0.6, 0.8], [0, 1]], np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    g_labels = np.array([0, 0, 1, 2])
+    coarse = np.array([0, 0, 1])  # fine label -> superclass
+    queries = gallery[[0, 3]]
+    table = report.hash_project_table({"Algo 2": report.exact_search(gallery, 2)}, queries, np.array([0, 2]),
+                                      g_labels, coarse, ks=(1, 2))
+    # query 0 ranks [0, 1]: both relevant -> AP@2/2 = (1 + 1) / 2 = 1; query 3 ranks [3, 2]: (1) / 2
+    assert table.loc["Algo 2", "mAP@1"] == pytest.approx(1.0)
+    assert table.loc["Algo 2", "mAP@2"] == pytest.approx((1.0 + 0.5) / 2)
+    # query 3 (class 2, superclass 1): gains [1, 0] (item 2 is class 1, superclass 0); ideal [1, 0]
+    # -> HP@1 = 1, HP@2 = 1/1 -> AHP@2 = 1; query 0: gains [1, 1], ideal [1, 1] -> 1
+    assert table.loc["Algo 2", "mAHP@2"] == pytest.approx(1.0)
+    assert table.loc["Algo 2", "retrieval_ms"] > 0
+
+
+def test_threshold_f1_table():
+    table = report.threshold_f1_table({"static": {"precision": 0.3, "recall": 0.4, "f1": 0.302},
+                                       "dynamic": {"precision": 0.35, "recall": 0.4, "f1": 0.3394}})
+    assert table.loc["dynamic", "f1"] == pytest.approx(0.3394)
+    with pytest.raises(CbirError, match="has no f1"):
+        report.threshold_f1_table({"x": object()})
