@@ -107,7 +107,9 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _has_ann_or_hash(results) -> bool:
-    return any(r.config.get("index", "Flat") != "Flat" or r.config.get("hash") for r in results)
+    return any(r.config.get("index", "Flat") != "Flat" or r.config.get("hash")
+               or any(key in str(r.config.get("label", "")) for key in ("index=", "hash=", "shortlist="))
+               for r in results)
 
 
 def write_report(results, out_dir, labels: Sequence[str] | None = None, threshold_curves: Mapping | None = None,

@@ -29,6 +29,7 @@ from .errors import CbirError  # noqa: E402
 from .images import ImageLoadError, open_image  # noqa: E402
 
 RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
+MARKERS = ("o", "s", "^", "D", "v")
 
 
 def _as_list(results) -> list:
@@ -61,12 +62,13 @@ def plot_pr_curve(results, labels: Sequence[str] | None = None, marks=(1, 5, 10)
         if curve is None:
             raise CbirError(f"{label}: the result has no precision-recall curve (run it with evaluate())")
         line, = ax.plot(curve["recall"], curve["precision"], label=label, lw=2)
-        for k in marks:
+        for k, marker in zip(marks, MARKERS):
             i = np.searchsorted(curve["k"], k)
             if i < len(curve["k"]) and curve["k"][i] == k:
-                ax.plot(curve["recall"][i], curve["precision"][i], "o", color=line.get_color(), ms=5)
-                ax.annotate(f"k={k}", (curve["recall"][i], curve["precision"][i]), textcoords="offset points",
-                            xytext=(6, -12), fontsize=9, color=line.get_color())
+                ax.plot(curve["recall"][i], curve["precision"][i], marker, color=line.get_color(), ms=7,
+                        mec="black", mew=0.8)
+    for k, marker in zip(marks, MARKERS):  # one legend entry per cut-off, whatever the method
+        ax.plot([], [], marker, color="white", mec="black", ms=7, label=f"k = {k}")
     ax.set(xlabel="recall (macro over queries)", ylabel="precision (macro over queries)",
            xlim=(0, 1.05), ylim=(0, 1.05), title="Precision-recall of the top-k set, k = 1 ... gallery size")
     ax.grid(alpha=0.3)
@@ -129,9 +131,24 @@ def plot_f1_vs_threshold(curves: dict, chosen: dict | None = None) -> Figure:
             ax.axvline(chosen[name], color=colour, ls="-.", lw=1)
     ax.set(xlabel="threshold on the similarity (retrieve score >= t)", ylabel="macro over queries",
            ylim=(0, 1.02), title="F1 against the threshold")
+    ax.set_xlim(*_active_range(curves))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def _active_range(curves: dict) -> tuple[float, float]:
+    """The threshold range where some F1 changes (flat ends trimmed), with a margin."""
+    lows, highs = [], []
+    for curve in curves.values():
+        t, f1 = np.asarray(curve["threshold"], float), np.nan_to_num(np.asarray(curve["f1"], float))
+        moving = np.flatnonzero(np.abs(f1 - f1[0]) > 1e-3)
+        lows.append(t[moving[0]] if len(moving) else t[0])
+        nonzero = np.flatnonzero(f1 > 1e-3)
+        highs.append(t[nonzero[-1]] if len(nonzero) else t[-1])
+    lo, hi = min(lows), max(highs)
+    margin = 0.1 * max(hi - lo, 1e-6)
+    return lo - margin, hi + margin
 
 
 def _thumb(ref, size: int) -> np.ndarray | None:
