@@ -88,6 +88,8 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
 
 
 def run_compare(args) -> int:
+    import pandas as pd
+
     from .report import summary_table, write_report
 
     results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k, root=args.root,
@@ -97,7 +99,7 @@ def run_compare(args) -> int:
     first = results[0]
     print(f"{first.dataset}: {first.n_queries} queries, {first.n_gallery} gallery images, k {first.k}, "
           f"model {first.model}\n")
-    with __import__("pandas").option_context("display.width", 200, "display.max_columns", 50):
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     if args.json:
         from .evaluate import write_json_atomic
