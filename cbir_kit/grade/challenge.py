@@ -1,0 +1,417 @@
+"""The retrieval challenge: run every submission on a hidden query split, time it, score it.
+
+A submission is a Python module (``<student>.py``, ``<student>/submission.py``, the only ``.py``
+in ``<student>/``, or a notebook ``<student>/*.ipynb`` whose code cells are joined into one) with::
+
+    build(gallery_paths: list[str]) -> None
+    retrieve(query_paths: list[str], k: int) -> list[list[int]]   # ranked gallery indices per query
+
+What the grader does, per run:
+
+1. Stages the dataset: gallery and query images are linked (or copied) under neutral names
+   (``gallery/00017.png``) in a seeded random order, so neither names nor order reveal a label.
+   The labels stay in this process only.
+2. Runs the baseline (:mod:`cbir_kit.grade.baseline`) and then each submission in its own
+   sandboxed process (:mod:`cbir_kit.grade.sandbox`), talking to it over pipes.  Build and
+   retrieve are each run ``warmup`` times untimed, then ``repeats`` times timed from this side
+   of the pipe; the median is reported.
+3. Checks the answer (one list per query, at most k distinct gallery indices) and computes
+   precision, recall, F1 and mAP (:mod:`cbir_kit.metrics`) and the score
+   (:mod:`cbir_kit.grade.scoring`).  Anything that goes wrong - an exception, a timeout, a
+   resource limit, too much output, a malformed answer - fails that submission with a reason
+   and score 0; the others are unaffected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CbirError
+from ..metrics import mean_average_precision, relevance_matrix, set_metrics
+from . import scoring
+from .sandbox import Limits, Sandbox, SandboxSpec, kill_group
+
+RUNNER = Path(__file__).with_name("runner.py")
+BASELINE = Path(__file__).with_name("baseline.py")
+BASELINE_NAME = "(baseline)"
+SUB_DIR = "/sandbox/submission"
+DATA_DIR = "/sandbox/data"
+MAX_REPLY_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Staged:
+    """The neutral copy of a query/gallery split that submissions see, and its hidden labels."""
+
+    folder: Path
+    gallery: list[str]       # sandbox paths
+    query: list[str]
+    gallery_labels: np.ndarray
+    query_labels: np.ndarray
+    n_relevant: np.ndarray
+
+
+@dataclass
+class Result:
+    student: str
+    status: str = "ok"            # ok | failed
+    reason: str = ""
+    timings: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+    output: str = ""
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def stage_dataset(ds, folder: Path, seed: int) -> Staged:
+    """Write the split under neutral names in a seeded order (see the module docstring)."""
+    if ds.leave_one_out or ds.gnd is not None:
+        raise CbirError(f"dataset {ds.name} is leave-one-out or revisitop; the challenge needs a plain "
+                        "query/gallery split with labels (e.g. demo, animals10, csv:PATH)")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, refs in (("gallery", ds.gallery), ("query", ds.query)):
+        order = rng.permutation(len(refs))
+        (folder / split).mkdir(parents=True)
+        paths = []
+        for new, old in enumerate(order):
+            ref = refs[old]
+            if isinstance(ref, (str, os.PathLike)):
+                src = Path(ref).resolve()
+                name = f"{new:05d}{src.suffix.lower()}"
+                _link_or_copy(src, folder / split / name)
+            else:
+                from ..images import open_image
+                name = f"{new:05d}.png"
+                open_image(ref).convert("RGB").save(folder / split / name)
+            os.chmod(folder / split / name, 0o644)
+            paths.append(f"{DATA_DIR}/{split}/{name}")
+        out[split] = (paths, order)
+    folder.chmod(0o755)
+    for split in ("gallery", "query"):
+        (folder / split).chmod(0o755)
+    g_paths, g_order = out["gallery"]
+    q_paths, q_order = out["query"]
+    g_labels, q_labels = ds.gallery_labels[g_order], ds.query_labels[q_order]
+    values, counts = np.unique(g_labels, return_counts=True)
+    lookup = dict(zip(values.tolist(), counts.tolist()))
+    n_rel = np.array([lookup.get(lab, 0) for lab in q_labels.tolist()])
+    return Staged(folder, g_paths, q_paths, g_labels, q_labels, n_rel)
+
+
+def notebook_to_module(notebook: Path, dest: Path) -> None:
+    """Join a notebook's code cells into one module; IPython magics and shell lines are dropped."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    keep = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            lines = [ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+            keep.append("\n".join(lines))
+    dest.write_text("\n\n".join(keep) + "\n")
+
+
+def find_submissions(folder: Path) -> dict[str, Path]:
+    """``student -> entry path`` for every submission in ``folder`` (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CbirError(f"submissions folder {folder} does not exist")
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and entry.suffix in (".py", ".ipynb"):
+            found[entry.stem] = entry
+        elif entry.is_dir():
+            candidates = [entry / "submission.py"] if (entry / "submission.py").is_file() else \
+                sorted(entry.glob("*.py")) or sorted(p for p in entry.glob("*.ipynb") if "checkpoint" not in p.name)
+            if len(candidates) == 1:
+                found[entry.name] = candidates[0]
+            else:
+                found[entry.name] = entry  # reported as failed: no single entry point
+    if not found:
+        raise CbirError(f"no submissions in {folder}: expected <student>.py, <student>/submission.py "
+                        "or <student>/<notebook>.ipynb")
+    return found
+
+
+def _prepare_submission(entry: Path, dest: Path, own_dir: bool) -> Path:
+    """Copy the submission into ``dest`` and return its module path there.
+
+    ``own_dir``: the entry sits in the student's own folder, whose other files (helpers, small
+    weights) come along; a single top-level file comes alone.
+    """
+    if entry.is_dir():
+        raise CbirError(f"{entry} holds no single entry point; name it submission.py")
+    if own_dir:
+        shutil.copytree(entry.parent, dest, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.ipynb"))
+    else:
+        dest.mkdir(parents=True)
+    if entry.suffix == ".ipynb":
+        notebook_to_module(entry, dest / "submission.py")
+    elif entry.name != "submission.py" or not own_dir:
+        shutil.copy(entry, dest / "submission.py")
+    for root, _, files in os.walk(dest):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(Path(root) / f, 0o644)
+    return dest / "submission.py"
+
+
+class _Session:
+    """One sandboxed runner process: send a command, wait for its reply, watch output and time."""
+
+    def __init__(self, proc: subprocess.Popen, reply_fd: int, limits: Limits):
+        self.proc = proc
+        self.reply_fd = reply_fd
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.wall_s
+        self.out_head = bytearray()
+        self.out_total = 0
+        self.buf = bytearray()
+
+    def output(self) -> str:
+        text = self.out_head.decode("utf-8", "replace")
+        if self.out_total > len(self.out_head):
+            text += f"\n[... {self.out_total - len(self.out_head)} more bytes not kept]"
+        return text
+
+    def request(self, cmd: dict, timeout: float) -> tuple[dict, float]:
+        """Send ``cmd``; return ``(reply, seconds)``.  Raises :class:`_Failure` with a reason."""
+        if cmd:
+            try:
+                self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                raise _Failure(self._death_reason("before the command was sent")) from None
+        start = time.perf_counter()
+        limit = min(time.monotonic() + timeout, self.deadline)
+        out_fd = self.proc.stdout.fileno()
+        open_fds = {self.reply_fd, out_fd}
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl >= 0:
+                line, self.buf = bytes(self.buf[:nl]), self.buf[nl + 1:]
+                elapsed = time.perf_counter() - start
+                try:
+                    return json.loads(line), elapsed
+                except ValueError:
+                    raise _Failure("malformed reply from the submission process") from None
+            left = limit - time.monotonic()
+            if left <= 0:
+                which = "wall-time limit of the run" if limit >= self.deadline else f"time limit ({timeout:g} s)"
+                raise _Failure(f"{cmd.get('op', 'import') if cmd else 'import'} exceeded the {which}")
+            if not open_fds:
+                raise _Failure(self._death_reason(f"during {cmd.get('op') if cmd else 'import'}"))
+            ready, _, _ = select.select(list(open_fds), [], [], min(left, 1.0))
+            for fd in ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    open_fds.discard(fd)
+                    continue
+                if fd == out_fd:
+                    self.out_total += len(chunk)
+                    keep = 20_000 - len(self.out_head)
+                    if keep > 0:
+                        self.out_head += chunk[:keep]
+                    if self.out_total > self.limits.output_bytes:
+                        raise _Failure(f"output limit exceeded: printed more than {self.limits.output_bytes} bytes")
+                else:
+                    self.buf += chunk
+                    if len(self.buf) > MAX_REPLY_BYTES:
+                        raise _Failure("reply larger than the grader accepts")
+            if self.proc.poll() is not None and not ready:
+                open_fds.clear()
+
+    def _death_reason(self, when: str) -> str:
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return f"the submission closed its channel {when}"
+        sig = -rc if rc < 0 else (rc - 128 if rc > 128 else 0)
+        names = {signal.SIGXCPU: "CPU-time limit exceeded", signal.SIGXFSZ: "file-size limit exceeded",
+                 signal.SIGKILL: "killed (CPU-time or memory limit)", signal.SIGSEGV: "crashed (segmentation fault)"}
+        if sig:
+            return f"process died {when}: {names.get(sig, f'signal {sig}')}"
+        return f"process exited {when} with status {rc}"
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write(b'{"op": "exit"}\n')
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=3)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            pass
+        kill_group(self.proc)
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        os.close(self.reply_fd)
+
+
+class _Failure(Exception):
+    pass
+
+
+def _check_answer(answer, n_queries: int, n_gallery: int, k: int) -> np.ndarray:
+    """The answer as a (Q, k) id array padded with -1, or :class:`_Failure` naming the problem."""
+    if not isinstance(answer, list) or len(answer) != n_queries:
+        got = len(answer) if isinstance(answer, list) else type(answer).__name__
+        raise _Failure(f"retrieve() must return one list per query ({n_queries}); got {got}")
+    ids = np.full((n_queries, k), -1, dtype=np.int64)
+    for q, row in enumerate(answer):
+        if len(row) > k:
+            raise _Failure(f"retrieve() returned {len(row)} results for query {q}; at most k={k}")
+        if any(i < 0 or i >= n_gallery for i in row):
+            raise _Failure(f"retrieve() returned a gallery index outside 0..{n_gallery - 1} for query {q}")
+        if len(set(row)) != len(row):
+            raise _Failure(f"retrieve() returned the same gallery index twice for query {q}")
+        ids[q, :len(row)] = row
+    return ids
+
+
+def evaluate_answer(ids: np.ndarray, staged: Staged) -> dict:
+    """precision, recall, F1 (top-k sets) and mAP (of the returned ranking) against the hidden labels."""
+    rel = relevance_matrix(ids, staged.query_labels, staged.gallery_labels)
+    out = set_metrics(rel.sum(axis=1), (ids >= 0).sum(axis=1), staged.n_relevant)
+    out["mAP"] = mean_average_precision(rel, staged.n_relevant)
+    return out
+
+
+def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: dict, scratch: Path,
+            own_dir: bool = False) -> Result:
+    """Run one submission end to end; never raises for anything the submission does."""
+    result = Result(student)
+    try:
+        module = _prepare_submission(entry, scratch / "submission", own_dir)
+    except (CbirError, OSError, ValueError) as err:
+        result.status, result.reason = "failed", f"could not prepare the submission: {err}"
+        return result
+    work = scratch / "work"
+    work.mkdir()
+    if os.getuid() == 0 and sandbox.isolated:
+        os.chown(work, 65534, 65534)
+    threads = str(cfg["threads"] or _cores())
+    spec = SandboxSpec(ro={str(module.parent): SUB_DIR, str(staged.folder): DATA_DIR,
+                           str(RUNNER.resolve()): "/sandbox/runner.py"},
+                       env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = sandbox.popen([sys.executable, "-u", "/sandbox/runner.py", f"{SUB_DIR}/submission.py", str(write_fd)],
+                             spec, work, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             pass_fds=(write_fd,))
+    finally:
+        os.close(write_fd)
+    gallery = [sandbox.host_path(p, spec, work) for p in staged.gallery]
+    query = [sandbox.host_path(p, spec, work) for p in staged.query]
+    session = _Session(proc, read_fd, sandbox.limits)
+    timing = cfg["timing"]
+    try:
+        loaded, _ = session.request({}, timing["build_timeout_s"])
+        _raise_if_error(loaded, "import")
+        times: dict[str, list[float]] = {"build": [], "retrieve": []}
+        answer = None
+        for op, timeout in (("build", timing["build_timeout_s"]), ("retrieve", timing["retrieve_timeout_s"])):
+            for i in range(timing["warmup"] + timing["repeats"]):
+                cmd = {"op": op, "paths": gallery} if op == "build" else {"op": op, "paths": query, "k": cfg["k"]}
+                reply, seconds = session.request(cmd, timeout)
+                _raise_if_error(reply, op)
+                if i >= timing["warmup"]:
+                    times[op].append(seconds)
+                answer = reply["result"]
+        ids = _check_answer(answer, len(staged.query), len(staged.gallery), cfg["k"])
+        result.metrics = evaluate_answer(ids, staged)
+        result.timings = {f"{op}_s": statistics.median(v) for op, v in times.items()}
+        result.timings["retrieve_ms_per_query"] = 1000 * result.timings["retrieve_s"] / max(1, len(staged.query))
+    except _Failure as err:
+        result.status, result.reason = "failed", str(err)
+    finally:
+        session.close()
+        result.output = session.output()
+    return result
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _raise_if_error(reply: dict, op: str) -> None:
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise _Failure(f"malformed reply to {op}")
+    if not reply["ok"]:
+        raise _Failure(f"{op} raised {reply.get('error', 'an error')}")
+
+
+def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, config: str | Path | None = None,
+                  overrides: dict | None = None, root=None, progress: bool = True) -> dict:
+    """Grade every submission; write ``leaderboard.csv``, ``leaderboard.html`` and ``results.json``."""
+    from ..datasets import load
+    from .leaderboard import write_leaderboard
+
+    cfg = scoring.load_config(config, overrides)
+    sandbox = Sandbox(Limits.from_dict(cfg["limits"]), cfg["sandbox"])
+    submissions = Path(submissions).resolve()
+    entries = find_submissions(submissions)
+    ds = load(dataset, root=root)
+    out_dir = Path(out_dir)
+    say = print if progress else (lambda *a, **k: None)
+    say(f"sandbox: {sandbox.note}")
+    with tempfile.TemporaryDirectory(prefix="cbir-challenge-") as tmp:
+        tmp = Path(tmp)
+        tmp.chmod(0o755)
+        staged = stage_dataset(ds, tmp / "data", cfg["seed"])
+        say(f"dataset {ds.name}: {len(staged.query)} hidden queries, {len(staged.gallery)} gallery images, k={cfg['k']}")
+        results = []
+        baseline_module = Path(cfg["baseline"]).resolve() if cfg["baseline"] else BASELINE
+        if not baseline_module.is_file():
+            raise CbirError(f"baseline module {baseline_module} (config key 'baseline') does not exist")
+        for i, (student, entry) in enumerate([(BASELINE_NAME, baseline_module), *entries.items()]):
+            scratch = tmp / f"run{i:04d}"
+            scratch.mkdir()
+            t0 = time.perf_counter()
+            own_dir = student != BASELINE_NAME and entry.parent.resolve() != submissions
+            res = run_one(student, entry, staged, sandbox, cfg, scratch, own_dir)
+            shutil.rmtree(scratch, ignore_errors=True)
+            say(f"  {student}: {res.status}{' - ' + res.reason if res.reason else ''} ({time.perf_counter() - t0:.1f} s)")
+            results.append(res)
+    baseline = results[0]
+    if baseline.status != "ok":
+        raise CbirError(f"the baseline failed ({baseline.reason}); the speed score needs it. "
+                        f"Check the sandbox limits in the config. Output:\n{baseline.output[-2000:]}")
+    rescore(results, cfg)
+    summary = {"dataset": ds.name, "n_queries": len(staged.query), "n_gallery": len(staged.gallery),
+               "k": cfg["k"], "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
+               "results": [r.__dict__ for r in results]}
+    write_leaderboard(summary, out_dir)
+    return summary
+
+
+def rescore(results: list[Result], cfg: dict) -> None:
+    """Fill ``scores`` of every result from its metrics and timings (``results[0]`` is the baseline)."""
+    base = results[0].timings
+    for r in results:
+        r.scores = scoring.score(r.metrics, r.timings, base, cfg) if r.status == "ok" else \
+            {"quality": 0.0, "speedup": 0.0, "speed": 0.0, "score": 0.0}

@@ -1,0 +1,111 @@
+"""Challenge configuration (a TOML file the instructor edits) and the score formula.
+
+Score of one submission (0 to 100; a failed submission scores 0)::
+
+    quality = sum_m w_m * metric_m / sum_m w_m          metrics m in [score.quality], each in [0, 1]
+    T       = sum of the median times listed in [score] time ("build", "retrieve")
+    speedup = T_baseline / T                            > 1 means faster than the baseline
+    speed   = min(speedup, speed_cap) / speed_cap       in [0, 1]
+    score   = 100 * (quality_weight * quality + speed_weight * speed) / (quality_weight + speed_weight)
+
+The metrics (:mod:`cbir_kit.metrics`, macro averages over queries of the top-k list the
+submission returns): ``precision`` = relevant retrieved / retrieved, ``recall`` = relevant
+retrieved / relevant in the gallery, ``f1`` = 2PR / (P + R) per query, ``mAP`` = AP of the
+returned ranking divided by *all* relevant gallery items.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import tomllib
+from pathlib import Path
+
+from ..errors import CbirError
+from .sandbox import MODES, Limits
+
+QUALITY_METRICS = ("precision", "recall", "f1", "mAP")
+TIME_PARTS = ("build", "retrieve")
+
+DEFAULTS: dict = {
+    "k": 10,
+    "seed": 0,
+    "sandbox": "auto",
+    "threads": 0,
+    "baseline": "",
+    "timing": {"warmup": 1, "repeats": 3, "build_timeout_s": 900.0, "retrieve_timeout_s": 300.0},
+    "limits": {},
+    "score": {"quality": {"f1": 0.5, "mAP": 0.5}, "quality_weight": 0.7, "speed_weight": 0.3,
+              "speed_cap": 2.0, "time": ["build", "retrieve"]},
+}
+
+
+def _merge(base: dict, extra: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if key not in base and where not in ("limits", "score.quality"):
+            raise CbirError(f"unknown setting {where + '.' if where else ''}{key} in the challenge config; "
+                            f"known: {', '.join(sorted(base))}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "quality":
+            out[key] = _merge(base[key], value, f"{where}.{key}".strip("."))
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """The defaults above, updated by the TOML file at ``path`` and then by ``overrides``."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                cfg = _merge(cfg, tomllib.load(fh), "")
+        except FileNotFoundError:
+            raise CbirError(f"challenge config {path} does not exist; copy grading/challenge.toml and edit it") from None
+        except tomllib.TOMLDecodeError as err:
+            raise CbirError(f"challenge config {path} is not valid TOML: {err}") from None
+    if overrides:
+        cfg = _merge(cfg, overrides, "")
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: dict) -> None:
+    score = cfg["score"]
+    bad = set(score["quality"]) - set(QUALITY_METRICS)
+    if bad or not score["quality"]:
+        raise CbirError(f"score.quality must weight some of {', '.join(QUALITY_METRICS)}; got {sorted(score['quality'])}")
+    if any(w < 0 for w in score["quality"].values()) or sum(score["quality"].values()) <= 0:
+        raise CbirError("score.quality weights must be >= 0 with a positive sum")
+    if score["quality_weight"] < 0 or score["speed_weight"] < 0 or score["quality_weight"] + score["speed_weight"] <= 0:
+        raise CbirError("score.quality_weight and score.speed_weight must be >= 0 with a positive sum")
+    if score["speed_cap"] <= 0:
+        raise CbirError(f"score.speed_cap must be > 0; got {score['speed_cap']}")
+    if not score["time"] or set(score["time"]) - set(TIME_PARTS):
+        raise CbirError(f"score.time must list some of {TIME_PARTS}; got {score['time']}")
+    if cfg["k"] < 1 or cfg["timing"]["repeats"] < 1 or cfg["timing"]["warmup"] < 0:
+        raise CbirError("k and timing.repeats must be >= 1 and timing.warmup >= 0")
+    if cfg["sandbox"] not in MODES:
+        raise CbirError(f"sandbox must be one of {', '.join(MODES)}; got {cfg['sandbox']!r}")
+    Limits.from_dict(cfg["limits"])
+
+
+def quality(metrics: dict, cfg: dict) -> float:
+    """Weighted mean of the configured metrics."""
+    weights = cfg["score"]["quality"]
+    return sum(w * metrics[m] for m, w in weights.items()) / sum(weights.values())
+
+
+def total_time(timings: dict, cfg: dict) -> float:
+    return sum(timings[f"{part}_s"] for part in cfg["score"]["time"])
+
+
+def score(metrics: dict, timings: dict, baseline_timings: dict, cfg: dict) -> dict:
+    """``quality``, ``speedup``, ``speed`` and ``score`` of one working submission (formula above)."""
+    s = cfg["score"]
+    q = quality(metrics, cfg)
+    t = total_time(timings, cfg)
+    speedup = total_time(baseline_timings, cfg) / t if t > 0 else math.inf
+    speed = min(speedup, s["speed_cap"]) / s["speed_cap"]
+    value = 100.0 * (s["quality_weight"] * q + s["speed_weight"] * speed) / (s["quality_weight"] + s["speed_weight"])
+    return {"quality": q, "speedup": speedup, "speed": speed, "score": value}
