@@ -1,0 +1,27 @@
+"""nbgrader configuration of the cbir_kit course (this folder is the nbgrader course directory).
+
+Layout (nbgrader's own): ``source/<assignment>/<notebook>.ipynb`` holds the instructor versions,
+``release/`` the generated student versions, ``submitted/``, ``autograded/``, ``feedback/`` the
+grading stages, ``gradebook.db`` the grades.  The instructor notebooks live in ``../notebooks``;
+each is one assignment named after its file (``01_features.ipynb`` -> assignment ``01_features``).
+Copy them in, then generate the student versions::
+
+    cd grading
+    for nb in ../notebooks/[0-9]*.ipynb; do a=$(basename "$nb" .ipynb); mkdir -p "source/$a"; cp "$nb" "source/$a/"; done
+    nbgrader generate_assignment --all --force
+
+Every generated folder (source/, release/, gradebook.db, ...) is git-ignored: the notebooks in
+``../notebooks`` are the only source of truth.
+"""
+import os
+
+c = get_config()  # noqa: F821
+
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.course_id = "cbir_kit"
+# Solution regions become this stub: the exercise raises until it is written, so its visible
+# tests fail on the unsolved notebook.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+# A cell of the CI profile runs in seconds; on the real datasets feature extraction can take minutes.
+c.Execute.timeout = 1800
