@@ -145,11 +145,21 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
 
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
              root=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
-             num_workers: int | None = None, progress: bool = True, seed: int = 0) -> EvalResult:
-    """Run the whole pipeline once and measure it (see the module docstring)."""
+             num_workers: int | None = None, progress: bool = True, seed: int = 0,
+             head: str | os.PathLike | None = None) -> EvalResult:
+    """Run the whole pipeline once and measure it (see the module docstring).
+
+    ``head``: a head file from ``cbir train``; it maps the frozen features of queries and
+    gallery before indexing, and the images it was trained on are left out (held-out test).
+    """
     if k < 1:
         raise CbirError(f"--k must be at least 1; got {k}")
     t_start = time.perf_counter()
+    trained_head = None
+    if head is not None:  # checked before any extraction: a wrong head fails fast
+        from .train import load_head
+        trained_head = load_head(head)
+        trained_head.check_base(model)
     ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
     if ds.n_queries == 0:
         raise CbirError(f"{ds.name}: the query set is empty")
@@ -174,6 +184,9 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     queries = query_feats.vectors[query_feats.ok]
     if len(queries) == 0:
         raise CbirError(f"{ds.name}: no query image could be loaded")
+    head_info = {}
+    if trained_head is not None:
+        ds, queries, gallery, head_info = trained_head.prepare_evaluation(model, ds, queries, gallery)
 
     t0 = time.perf_counter()
     index = ExactIndex("ip").fit(gallery)
@@ -198,6 +211,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         metrics=metric_values, timings=timings,
         cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
         skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
-                                 "metric": "inner product (cosine on L2-normalised features)"},
+                                 "metric": "inner product (cosine on L2-normalised features)",
+                                 **({"head": head_info} if head_info else {})},
         per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )

@@ -1,0 +1,61 @@
+"""``cbir train``: train a head on cached frozen features and report held-out metrics."""
+from __future__ import annotations
+
+from .fit import HeadConfig
+from .losses import LOSSES
+
+
+def run_train(args) -> int:
+    from .run import read_hierarchy, train, write_result_json
+
+    config = HeadConfig(kind=args.head_kind, loss=args.loss, out_dim=args.dim, dropout=args.dropout,
+                        n_bits=args.bits, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                        warmup_frac=args.warmup, mining_warmup=args.mining_warmup, p=args.p, k=args.per_class,
+                        patience=args.patience, seed=args.seed)
+    hierarchy = read_hierarchy(args.hierarchy) if args.hierarchy else None
+    result = train(dataset=args.dataset, model=args.model, config=config, out=args.out, curve=args.curve,
+                   plot=not args.no_plot, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
+                   hierarchy=hierarchy, k=args.k, root=args.root, cache_dir=args.cache, device=args.device,
+                   batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+    print(result.table())
+    if args.json:
+        write_result_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def add_train(sub) -> None:
+    from ..cli import add_common
+
+    p = sub.add_parser("train", help="train a projection or hash head on cached frozen features",
+                       description="Protocol: the gallery is split per class (seeded) into training and "
+                                   "held-out images; the head is trained on the training part (with a "
+                                   "validation split for early stopping) and every query is evaluated "
+                                   "against the held-out gallery only, with the frozen features and with "
+                                   "the head. `cbir evaluate --head OUT` applies the same hold-out.")
+    add_common(p)
+    p.add_argument("--out", default="head.pt", help="where to save the trained head (default: head.pt)")
+    p.add_argument("--curve", default=None, help="loss-curve PNG (default: OUT with suffix .png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the loss-curve PNG")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the run's result as JSON")
+    p.add_argument("--head-kind", default="projection", choices=["projection", "hash"])
+    p.add_argument("--loss", default="circle", choices=sorted(LOSSES), help="projection head loss (default: circle)")
+    p.add_argument("--dim", type=int, default=512, help="projection output dimension (default: 512)")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--bits", type=int, default=48, help="hash layer bits (default: 48)")
+    p.add_argument("--hierarchy", default=None, metavar="CSV",
+                   help="fine,coarse class hierarchy for the hash head's targets and mAHP@k")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=float, default=0.15, help="share of steps for the LR warm-up (default: 0.15)")
+    p.add_argument("--mining-warmup", type=int, default=4, help="epochs before mining starts (default: 4)")
+    p.add_argument("--p", type=int, default=32, help="classes per batch (default: 32, capped)")
+    p.add_argument("--per-class", type=int, default=4, help="images per class in a batch, K (default: 4)")
+    p.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs (default: 6)")
+    p.add_argument("--train-fraction", type=float, default=0.5,
+                   help="share of each class's gallery images used for training (default: 0.5)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the training images kept for validation (default: 0.2)")
+    p.add_argument("--k", type=int, default=10, help="results per query for the top-k metrics (default: 10)")
+    p.set_defaults(func=run_train)

@@ -1,0 +1,62 @@
+"""Splitting labelled items and drawing class-balanced (P-K) batches, both seeded.
+
+``stratified_split`` puts round(f * n_c) items of every class c into the first part (at
+least one and at most n_c - 1 when n_c >= 2), chosen by a seeded permutation.
+
+``pk_batches`` yields index batches of P classes x K items (pytorch-metric-learning's
+``MPerClassSampler``): each batch picks P distinct classes at random and K items of each
+(with replacement only when a class has fewer than K).  The sampler draws from numpy's
+global-style ``RandomState``; here it is given its own ``RandomState(seed)`` for the
+duration of the epoch, so batches depend on the seed alone.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from pytorch_metric_learning.samplers import MPerClassSampler
+from pytorch_metric_learning.utils import common_functions as pml_common
+
+from ..errors import CbirError
+
+
+def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(first, second)`` with ``fraction`` of every class in ``first`` (see module doc)."""
+    if not 0.0 < fraction < 1.0:
+        raise CbirError(f"split fraction must lie strictly between 0 and 1; got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    first, second = [], []
+    for c in sorted(set(labels.tolist()), key=str):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_first = int(round(fraction * len(idx)))
+        if len(idx) >= 2:
+            n_first = min(max(n_first, 1), len(idx) - 1)
+        first.append(idx[:n_first])
+        second.append(idx[n_first:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
+
+
+@contextlib.contextmanager
+def _seeded_sampler_rng(seed: int):
+    saved = pml_common.NUMPY_RANDOM
+    pml_common.NUMPY_RANDOM = np.random.RandomState(seed)
+    try:
+        yield
+    finally:
+        pml_common.NUMPY_RANDOM = saved
+
+
+def pk_batches(labels, p: int, k: int, n_items: int, seed: int) -> list[np.ndarray]:
+    """About ``n_items`` indices as batches of ``p`` classes x ``k`` items (one epoch)."""
+    labels = np.asarray(labels)
+    n_classes = len(np.unique(labels))
+    if n_classes < 2:
+        raise CbirError("metric learning needs at least two classes in the training split")
+    p = min(p, n_classes)
+    batch = p * k
+    sampler = MPerClassSampler(labels, m=k, batch_size=batch, length_before_new_iter=max(n_items, batch))
+    with _seeded_sampler_rng(seed):
+        order = np.fromiter(iter(sampler), dtype=np.int64)
+    return [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]

@@ -1,0 +1,197 @@
+"""Training a head on cached frozen features: one loop for both head kinds.
+
+Per epoch: P-K class-balanced batches (:func:`~cbir_kit.train.data.pk_batches`) covering
+about one pass over the training items; per step the head embeds the batch and
+
+* projection head: metric-learning loss on the embeddings (all pairs / triplets during the
+  first ``mining_warmup`` epochs, the miner's selection afterwards, see ``losses.py``);
+* hash head: L = mean_i (1 - cos(e_i, t_{y_i})) toward the fixed class targets.
+
+Optimiser AdamW (decoupled weight decay).  Learning rate per step s of S in total, with
+W = round(warmup_frac * S) warm-up steps:  lr_s = lr * (s + 1) / W for s < W, else
+lr * (1 + cos(pi * (s - W) / (S - W))) / 2.
+
+Early stopping: after every epoch the validation images query the pool of training and
+validation images (each query's own row removed) and their mAP is computed; training stops
+when it has not improved for ``patience`` epochs and the best epoch's weights are kept.
+Seeded: the weights' initialisation, dropout and the batches depend on ``seed`` alone (the
+caller's torch random state is left as it was).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import metrics as M
+from ..errors import CbirError
+from .data import pk_batches
+from .heads import HashHead, ProjectionHead
+from .losses import cosine_target_loss, make_loss
+
+
+@dataclass
+class HeadConfig:
+    """Hyper-parameters of head training (defaults: the CLIP-retrieval project's recipe)."""
+
+    kind: str = "projection"          # projection | hash
+    loss: str = "circle"              # circle | triplet | multi_similarity | contrastive (projection)
+    out_dim: int = 512                # projection output dimension
+    dropout: float = 0.1
+    n_bits: int = 48                  # hash layer width
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.15         # share of all steps used for the linear warm-up
+    mining_warmup: int = 4            # epochs without mining (projection head)
+    p: int = 32                       # classes per batch (capped at the number of classes)
+    k: int = 4                        # items per class in a batch
+    patience: int = 6                 # early stopping: epochs without a better validation mAP
+    seed: int = 0
+    threads: int = 1                  # torch CPU threads while training (tiny matrices: 1 is fastest)
+
+    def check(self) -> None:
+        if self.kind not in ("projection", "hash"):
+            raise CbirError(f"--head-kind {self.kind!r} must be projection or hash")
+        for name in ("out_dim", "n_bits", "epochs", "p", "k", "patience"):
+            if getattr(self, name) < 1:
+                raise CbirError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.k < 2:
+            raise CbirError(f"k (items per class in a batch) must be at least 2; got {self.k}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CbirError(f"dropout must lie in [0, 1); got {self.dropout}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise CbirError(f"warmup_frac must lie in [0, 1); got {self.warmup_frac}")
+
+
+@dataclass
+class FitResult:
+    """The trained head (best validation epoch) and per-epoch history."""
+
+    head: nn.Module
+    config: HeadConfig
+    history: dict = field(default_factory=lambda: {"epoch": [], "loss": [], "val_mAP": [], "lr": []})
+    best_epoch: int = 0
+    best_val_map: float = float("nan")
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.config), "history": self.history, "best_epoch": self.best_epoch,
+                "best_val_mAP": self.best_val_map, "stopped_early": self.stopped_early}
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """The learning-rate factor at ``step`` (see the module docstring)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def leave_one_out_map(query_emb: np.ndarray, query_labels, pool_emb: np.ndarray, pool_labels,
+                      query_rows: np.ndarray) -> float:
+    """mAP of queries against a pool that contains them (row ``query_rows[i]`` is query i, removed)."""
+    sim = query_emb @ pool_emb.T
+    sim[np.arange(len(query_emb)), query_rows] = -np.inf
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]
+    rel = M.relevance_matrix(order, np.asarray(query_labels), np.asarray(pool_labels))
+    pool_labels = np.asarray(pool_labels)
+    n_rel = np.array([(pool_labels == y).sum() - 1 for y in np.asarray(query_labels)])
+    return M.mean_average_precision(rel, n_rel)
+
+
+@torch.no_grad()
+def embed(head: nn.Module, x: np.ndarray) -> np.ndarray:
+    """Apply a head (in eval mode) to features (N, D); returns the L2-normalised embeddings."""
+    head.eval()
+    out = head(torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32))
+    return (out[1] if isinstance(out, tuple) else out).numpy()
+
+
+def fit_head(x_train, y_train, x_val, y_val, config: HeadConfig | None = None,
+             targets: np.ndarray | None = None, progress: bool = True) -> FitResult:
+    """Train a head on features ``x_train`` (N, D) with integer labels; validate on ``x_val``.
+
+    ``targets`` (C, E) are the class targets of the hash head (row c for label c).
+    """
+    config = config or HeadConfig()
+    config.check()
+    x_train = torch.as_tensor(np.asarray(x_train, np.float32))
+    y_train = torch.as_tensor(np.asarray(y_train, np.int64))
+    x_val, y_val = np.asarray(x_val, np.float32), np.asarray(y_val, np.int64)
+    if not np.isfinite(x_train.numpy()).all() or not np.isfinite(x_val).all():
+        raise CbirError("training features contain NaN rows (images that failed to load); drop them first")
+    pool = np.concatenate([x_train.numpy(), x_val])
+    pool_labels = np.concatenate([y_train.numpy(), y_val])
+    val_rows = np.arange(len(x_train), len(pool))
+
+    saved_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(config.threads)
+        with torch.random.fork_rng(devices=[]):
+            return _fit(x_train, y_train, x_val, y_val, pool, pool_labels, val_rows, config, targets, progress)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _fit(x_train, y_train, x_val, y_val, pool, pool_labels, val_rows, config, targets, progress) -> FitResult:
+    torch.manual_seed(config.seed)
+    if config.kind == "hash":
+        if targets is None:
+            raise CbirError("the hash head needs class targets (see cbir_kit.train.losses.class_targets)")
+        head = HashHead(x_train.shape[1], config.n_bits, targets.shape[1])
+        target_t = torch.as_tensor(targets, dtype=torch.float32)
+        loss_fn = miner = None
+    else:
+        head = ProjectionHead(x_train.shape[1], config.out_dim, config.dropout)
+        loss_fn, miner = make_loss(config.loss)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    epochs_batches = len(pk_batches(y_train.numpy(), config.p, config.k, len(x_train), config.seed))
+    total = config.epochs * epochs_batches
+    warmup = round(config.warmup_frac * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: warmup_cosine(s, total, warmup))
+
+    result = FitResult(head=head, config=config)
+    best_state, since_best = None, 0
+    bar = tqdm(range(config.epochs), desc=f"train {config.kind} head", unit="epoch", disable=not progress)
+    for epoch in bar:
+        head.train()
+        batches = pk_batches(y_train.numpy(), config.p, config.k, len(x_train), config.seed * 100003 + epoch)
+        losses = []
+        for idx in batches:
+            xb, yb = x_train[idx], y_train[idx]
+            if config.kind == "hash":
+                loss = cosine_target_loss(head(xb)[1], yb, target_t)
+            else:
+                emb = head(xb)
+                pairs = miner(emb, yb) if epoch >= config.mining_warmup else None
+                loss = loss_fn(emb, yb, pairs)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        val_map = leave_one_out_map(embed(head, x_val), y_val, embed(head, pool), pool_labels, val_rows)
+        h = result.history
+        h["epoch"].append(epoch + 1)
+        h["loss"].append(float(np.mean(losses)) if losses else float("nan"))
+        h["val_mAP"].append(val_map)
+        h["lr"].append(optimiser.param_groups[0]["lr"])
+        bar.set_postfix(loss=f"{h['loss'][-1]:.4f}", val_mAP=f"{val_map:.4f}")
+        if best_state is None or val_map > result.best_val_map:
+            best_state = copy.deepcopy(head.state_dict())
+            result.best_epoch, result.best_val_map, since_best = epoch + 1, val_map, 0
+        else:
+            since_best += 1
+            if since_best >= config.patience:
+                result.stopped_early = True
+                break
+    bar.close()
+    head.load_state_dict(best_state)
+    head.eval()
+    return result

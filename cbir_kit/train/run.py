@@ -1,0 +1,271 @@
+"""The ``cbir train`` job: cached frozen features -> seeded split -> head -> held-out metrics.
+
+Protocol (stated in every run's output):
+
+1. Features of every query and gallery image come from the feature cache (extracted once
+   with the frozen backbone ``model``), exactly as ``cbir evaluate`` gets them.
+2. The *gallery* images are split per class, seeded: ``train_fraction`` of each class is
+   the training part, the rest is held out.  Of the training part, ``val_fraction`` of each
+   class is the validation split used for early stopping only.  Query images are never
+   trained on.
+3. Test = every query image (minus any that is byte-identical to a training image) against
+   the *held-out* gallery images only; for leave-one-out datasets the held-out images query
+   each other.  The head's file records the content hashes of all training and validation
+   images, so ``cbir evaluate --head`` applies the same hold-out and reproduces the numbers.
+4. Both the frozen features and the head's embeddings are measured on that same test part
+   with the same code as ``cbir evaluate`` (exact inner-product search, full-ranking mAP).
+
+For a hash head the run also reports "Algo 2" and "Algo 2 + hashes" (shortlist 2k) with
+the binary-hash project's mAP@k (AP@k/k) and mAHP@k, and compares the learned codes with
+ITQ codes of the same length (fitted on the frozen training features) by the shortlist
+recall@10 (the share of the exact float top 10 - learned embedding resp. frozen features -
+inside the 2k = 20 nearest codes) and by the tie-aware R@10 of the Hamming ranking.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics as M
+from ..datasets import Dataset, load
+from ..errors import CbirError
+from ..evaluate import full_ranking_metrics, write_json_atomic
+from ..features import OFFLINE_MODEL, FeatureCache, create_extractor
+from ..images import fingerprint
+from ..index import ExactIndex
+from .checkpoint import TrainedHead, save_head
+from .data import stratified_split
+from .fit import FitResult, HeadConfig, fit_head
+from .hash_retrieval import algo2_hash_search, algo2_search, hamming_distances, hamming_recall_at_k
+from .losses import class_targets
+
+HASH_KS = (5, 10, 25)
+
+
+@dataclass
+class TrainResult:
+    """What one training run measured; ``to_dict()`` is what ``--json`` writes."""
+
+    dataset: str
+    model: str
+    protocol: dict
+    frozen: dict
+    trained: dict
+    fit: FitResult
+    head_path: str
+    curve_path: str | None = None
+    hashing: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "model": self.model, "protocol": self.protocol,
+                "metrics": {"frozen": self.frozen, "head": self.trained}, "hashing": self.hashing,
+                "fit": self.fit.to_dict(), "head": self.head_path, "loss_curve": self.curve_path,
+                "timings": self.timings}
+
+    def table(self) -> str:
+        p = self.protocol
+        lines = [f"dataset  {self.dataset}", f"model    {self.model} (frozen) + {p['head']}",
+                 f"protocol {p['description']}",
+                 f"         train {p['n_train']}  validation {p['n_val']}  |  test: {p['n_test_queries']} queries "
+                 f"x {p['n_test_gallery']} held-out gallery images  (seed {p['seed']})",
+                 f"stopped  epoch {self.fit.best_epoch} kept (best validation mAP {self.fit.best_val_map:.4f})"
+                 + ("; stopped early" if self.fit.stopped_early else ""),
+                 "", "metric        frozen    head"]
+        for name in self.frozen:
+            lines.append(f"{name:<13} {self.frozen[name]:.4f}    {self.trained[name]:.4f}")
+        if self.hashing:
+            lines += ["", f"binary hash ({self.hashing['n_bits']} bits, hierarchy: {self.hashing['hierarchy']})",
+                      "metric            Algo 2    Algo 2 + hashes (shortlist 2k)"]
+            for name, value in self.hashing["algo2"].items():
+                lines.append(f"{name:<17} {value:.4f}    {self.hashing['algo2_hashes'][name]:.4f}")
+            lines.append(f"shortlist recall@10 (2k = 20 by Hamming, vs the exact float top 10): learned codes "
+                         f"{self.hashing['shortlist_recall@10_learned']:.4f}, "
+                         f"ITQ on the frozen features {self.hashing['shortlist_recall@10_itq']:.4f}")
+            lines.append(f"Hamming ranking R@10 (same label, ties averaged): learned codes {self.hashing['hamming_R@10_learned']:.4f}, "
+                         f"ITQ {self.hashing['hamming_R@10_itq']:.4f}")
+        lines += ["", f"head     {self.head_path}"]
+        if self.curve_path:
+            lines.append(f"curve    {self.curve_path}")
+        return "\n".join(lines)
+
+
+def read_hierarchy(path) -> dict:
+    """A ``fine,coarse`` CSV (header optional) as a dict fine -> coarse."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise CbirError(f"--hierarchy {path} does not exist; give a CSV with rows fine,coarse")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["fine", "coarse"]:
+        rows = rows[1:]
+    bad = [i for i, r in enumerate(rows, 1) if len(r) < 2]
+    if bad or not rows:
+        raise CbirError(f"--hierarchy {path}: every row must be fine,coarse (row {bad[0] if bad else 1})")
+    return {r[0].strip(): r[1].strip() for r in rows}
+
+
+def save_curve(path, fit: FitResult, title: str) -> Path:
+    """Loss and validation mAP per epoch as a PNG (matplotlib Agg), written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = fit.history
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(h["epoch"], h["loss"], color="tab:blue", marker="o", ms=3, label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(h["epoch"], h["val_mAP"], color="tab:orange", marker="s", ms=3, label="validation mAP")
+    ax2.set_ylabel("validation mAP", color="tab:orange")
+    ax2.axvline(fit.best_epoch, color="grey", ls=":", lw=1)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _shortlist_recall(q_codes, g_codes, q_float, g_float, k: int) -> float:
+    """|Hamming shortlist of 2k ∩ exact float top-k| / k (:func:`cbir_kit.index.hashing.shortlist_recall`)."""
+    from ..index.hashing import shortlist_recall
+
+    shortlist = np.argsort(hamming_distances(q_codes, g_codes), axis=1, kind="stable")[:, :2 * k]
+    return shortlist_recall(shortlist, algo2_search(q_float, g_float, k)[1])
+
+
+def _class_codes(labels, classes) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup.get(c, -1) for c in np.asarray(labels).tolist()], np.int64)
+
+
+def _hash_report(th: TrainedHead, ds_test: Dataset, q_test, g_test, train_feats, hierarchy, seed) -> dict:
+    """Algo 2 vs Algo 2 + hashes (mAP@k, mAHP@k) and learned codes vs ITQ (Hamming R@10)."""
+    q_emb, g_emb = th.apply(q_test), th.apply(g_test)
+    q_codes, g_codes = th.codes(q_test), th.codes(g_test)
+    labels = set(np.asarray(ds_test.gallery_labels).tolist()) | set(np.asarray(ds_test.query_labels).tolist())
+    coarse = {c: (hierarchy or {}).get(c, c) for c in labels}  # no hierarchy: each class its own group
+    k_max = min(max(HASH_KS), len(g_test))
+    exclude = np.arange(len(q_test)) if ds_test.leave_one_out else None
+    out = {"n_bits": th.head.n_bits, "hierarchy": "given" if hierarchy else "none (flat classes)"}
+    for name, (_, ids) in (("algo2", algo2_search(q_emb, g_emb, k_max + (1 if exclude is not None else 0))),
+                           ("algo2_hashes", algo2_hash_search(q_codes, g_codes, q_emb, g_emb,
+                                                               k_max + (1 if exclude is not None else 0)))):
+        if exclude is not None:  # leave-one-out: drop each query's own entry
+            ids = np.array([row[row != i][:k_max] for i, row in enumerate(ids)])
+        rel = M.relevance_matrix(ids, ds_test.query_labels, ds_test.gallery_labels)
+        gains, ideal = M.hierarchical_gains(ids, ds_test.query_labels, ds_test.gallery_labels, coarse, exclude)
+        out[name] = {**{f"mAP@{k}": M.map_at_k_over_k(rel, k) for k in HASH_KS if k <= k_max},
+                     **{f"mAHP@{k}": M.mahp_at_k(gains, ideal, k) for k in HASH_KS if k <= k_max}}
+    from ..index.hashing import ITQHasher
+
+    itq = ITQHasher(th.head.n_bits, seed=seed).fit(train_feats)
+    itq_q, itq_g = itq.transform_bits(q_test), itq.transform_bits(g_test)
+    out["shortlist_recall@10_learned"] = _shortlist_recall(q_codes, g_codes, q_emb, g_emb, 10)
+    out["shortlist_recall@10_itq"] = _shortlist_recall(itq_q, itq_g, q_test, g_test, 10)
+    out["hamming_R@10_learned"] = hamming_recall_at_k(q_codes, g_codes, ds_test.query_labels,
+                                                      ds_test.gallery_labels, 10)
+    out["hamming_R@10_itq"] = hamming_recall_at_k(itq_q, itq_g, ds_test.query_labels, ds_test.gallery_labels, 10)
+    return out
+
+
+def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: HeadConfig | None = None,
+          out: str | os.PathLike = "head.pt", curve: str | os.PathLike | None = None, plot: bool = True,
+          train_fraction: float = 0.5, val_fraction: float = 0.2, hierarchy: dict | None = None,
+          k: int = 10, root=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
+          num_workers: int | None = None, progress: bool = True) -> TrainResult:
+    """Run the protocol of the module docstring; save the head to ``out``.
+
+    With ``plot`` the loss curve goes to ``curve`` (default: ``out`` with suffix ``.png``).
+    """
+    config = config or HeadConfig()
+    config.check()
+    if not 0.0 < val_fraction < 1.0:
+        raise CbirError(f"--val-fraction must lie strictly between 0 and 1; got {val_fraction}")
+    t_start = time.perf_counter()
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=config.seed)
+    if ds.gnd is not None:
+        raise CbirError(f"{ds.name} has revisitop ground truth (no class labels to train on); "
+                        "train on a labelled dataset such as corel1k or csv:PATH")
+    extractor = create_extractor(model, device=device, batch_size=batch_size, num_workers=num_workers)
+    cache = FeatureCache(cache_dir)
+    g_feats, _ = cache.get_or_extract(extractor, ds.gallery, progress, desc="gallery")
+    q_feats = g_feats if ds.leave_one_out else cache.get_or_extract(extractor, ds.query, progress, desc="queries")[0]
+    if not (g_feats.ok.all() and q_feats.ok.all()):
+        ds = ds.subset(q_feats.ok, g_feats.ok)
+    gallery, queries = g_feats.vectors[g_feats.ok], q_feats.vectors[q_feats.ok]
+    extract_s = time.perf_counter() - t_start
+
+    classes = sorted(set(np.asarray(ds.gallery_labels).tolist()), key=str)
+    y = _class_codes(ds.gallery_labels, classes)
+    train_idx, _ = stratified_split(y, train_fraction, config.seed)
+    fit_pos, val_pos = stratified_split(y[train_idx], 1.0 - val_fraction, config.seed + 1)
+    fit_idx, val_idx = train_idx[fit_pos], train_idx[val_pos]
+
+    trained_fp = sorted({fingerprint(ds.gallery[i]) for i in train_idx})
+    keep_g = np.ones(len(gallery), bool)
+    keep_g[train_idx] = False
+    trained_set = set(trained_fp)
+    keep_q = keep_g.copy() if ds.leave_one_out else \
+        np.array([fingerprint(r) not in trained_set for r in ds.query], bool)
+    ds_test = ds.subset(keep_q, keep_g)
+    q_test, g_test = queries[keep_q], gallery[keep_g]
+    if len(q_test) == 0 or len(g_test) < 2:
+        raise CbirError(f"{ds.name}: nothing is left to test on after holding out the training images; "
+                        "lower --train-fraction")
+
+    targets = None
+    if config.kind == "hash":
+        targets = class_targets(classes, hierarchy)
+    t0 = time.perf_counter()
+    fit = fit_head(gallery[fit_idx], y[fit_idx], gallery[val_idx], y[val_idx], config, targets, progress)
+    fit_s = time.perf_counter() - t0
+
+    head_desc = (f"{config.kind} head ({config.loss} loss, {config.out_dim}-d)" if config.kind == "projection"
+                 else f"hash head ({config.n_bits} bits -> {targets.shape[1]}-d semantic embedding, cosine loss)")
+    protocol = {
+        "description": "gallery split per class into train/held-out; test = queries vs held-out gallery",
+        "head": head_desc, "seed": config.seed, "train_fraction": train_fraction, "val_fraction": val_fraction,
+        "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)),
+        "n_test_queries": int(len(q_test)), "n_test_gallery": int(len(g_test)),
+        "classes": [str(c) for c in classes], "trained_fingerprints": trained_fp,
+    }
+    base = {**extractor.cache_identity(), "dim": int(gallery.shape[1])}
+    th = TrainedHead(head=fit.head, base=base)
+    k_eff = min(k, len(g_test) - (1 if ds.leave_one_out else 0))
+    frozen = full_ranking_metrics(ExactIndex("ip").fit(g_test), q_test, ds_test, k_eff)[0]
+    trained = full_ranking_metrics(ExactIndex("ip").fit(th.apply(g_test)), th.apply(q_test), ds_test, k_eff)[0]
+    hashing = _hash_report(th, ds_test, q_test, g_test, gallery[fit_idx], hierarchy, config.seed) \
+        if config.kind == "hash" else {}
+
+    metrics = {"frozen": frozen, "head": trained, "hashing": hashing, "k": k_eff}
+    head_path = save_head(out, fit.head, base, asdict(config), metrics, protocol)
+    curve_path = None
+    if plot:
+        curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), fit,
+                                    f"{ds.name} | {model} | {head_desc}"))
+    timings = {"extract_s": extract_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start}
+    public_protocol = {key: v for key, v in protocol.items() if key != "trained_fingerprints"}
+    return TrainResult(dataset=ds.name, model=model, protocol=public_protocol, frozen=frozen, trained=trained,
+                       fit=fit, head_path=str(head_path), curve_path=curve_path, hashing=hashing, timings=timings)
+
+
+def write_result_json(result: TrainResult, path) -> None:
+    write_json_atomic(path, result.to_dict())
