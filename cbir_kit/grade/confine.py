@@ -11,6 +11,9 @@ inside the sandbox, so it imports only the standard library.  ``LIMITS`` is a JS
 * ``nproc`` -> ``RLIMIT_NPROC`` (processes *and threads* of the user; bounds fork bombs),
 * ``nofile`` -> ``RLIMIT_NOFILE``; core dumps are always off.
 
+Before that, ``copy_dir`` = ``[SRC, DEST]`` is copied and handed to that user (the
+student's assignment folder).  The process also asks to be killed when its parent dies.
+
 Hard limits equal soft limits, so the confined code cannot raise them again.  When ``nproc_base``
 is given (no private user, no user namespace), the limit is ``nproc_base + nproc`` because the
 kernel counts every process of the user.
@@ -18,14 +21,39 @@ kernel counts every process of the user.
 import json
 import os
 import resource
+import shutil
+import signal
 import sys
 
 
+def _prepare(limits: dict) -> None:
+    """Steps that need the grader's identity: copy the inputs in and hand them to the sandbox user."""
+    uid, gid = limits.get("uid"), limits.get("gid")
+    if limits.get("copy_dir"):
+        src, dst = limits["copy_dir"]
+        shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
+        if uid is not None and os.getuid() == 0:
+            for root, dirs, files in os.walk(dst):
+                for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+                    os.lchown(name, int(uid), int(gid))
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the parent (the grader's kernel manager) dies."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def confine(limits: dict) -> None:
+    _prepare(limits)
     if limits.get("uid") is not None and os.getuid() == 0:
         os.setgroups([])
         os.setgid(int(limits["gid"]))
         os.setuid(int(limits["uid"]))
+    _die_with_parent()  # after setuid, which clears it
     mb = 1024 * 1024
     settings = [
         (resource.RLIMIT_CORE, 0, 0),

@@ -119,6 +119,7 @@ class SandboxSpec:
     rw: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = WORK
+    prepare: dict = field(default_factory=dict)  # copy_dir for confine.py
 
 
 class Sandbox:
@@ -132,8 +133,9 @@ class Sandbox:
     def isolated(self) -> bool:
         return self.mode == "bwrap"
 
-    def _confine_limits(self) -> dict:
-        d = {k: v for k, v in asdict(self.limits).items() if k in ("cpu_s", "memory_mb", "file_mb", "nproc", "nofile")}
+    def _confine_limits(self, spec: SandboxSpec, work_dir: Path) -> dict:
+        d = {k: [p if self.isolated else _unsandbox(p, spec, work_dir) for p in v] for k, v in spec.prepare.items()}
+        d.update({k: v for k, v in asdict(self.limits).items() if k in ("cpu_s", "memory_mb", "file_mb", "nproc", "nofile")})
         if os.getuid() == 0:
             if self.isolated:
                 d.update(uid=SANDBOX_UID, gid=SANDBOX_UID)
@@ -149,7 +151,7 @@ class Sandbox:
 
     def command(self, argv: list[str], spec: SandboxSpec, work_dir: Path) -> tuple[list[str], str, dict]:
         """``(command, cwd, env)`` that runs ``argv`` confined; ``work_dir`` backs the working dir in rlimits mode."""
-        confine = [sys.executable, "-I", str(CONFINE.resolve()), json.dumps(self._confine_limits()), "--"]
+        confine = [sys.executable, "-I", str(CONFINE.resolve()), json.dumps(self._confine_limits(spec, work_dir)), "--"]
         base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                     "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
         if not self.isolated:

@@ -1,0 +1,68 @@
+"""``cbir grade``: release and autograde the nbgrader course, run the retrieval challenge."""
+from __future__ import annotations
+
+
+def _release(args) -> int:
+    from .nbgrade import release
+    release(args.course, progress=True)
+    return 0
+
+
+def _autograde(args) -> int:
+    from .nbgrade import autograde
+    rows = autograde(args.submissions, args.course, args.out, cell_timeout=args.cell_timeout,
+                     notebook_timeout=args.notebook_timeout, sandbox=args.sandbox,
+                     limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s})
+    total: dict[str, list[float]] = {}
+    for r in rows:
+        t = total.setdefault(r["student"], [0.0, 0.0])
+        t[0] += r["points"]
+        t[1] += r["max_points"]
+    for student, (got, out_of) in sorted(total.items()):
+        print(f"{student:24s} {got:g} / {out_of:g}")
+    print(f"\nwrote {args.out}/grades.csv and {args.out}/feedback/")
+    return 0
+
+
+def _challenge(args) -> int:
+    from .challenge import run_challenge
+    from .leaderboard import rows
+    summary = run_challenge(args.submissions, args.dataset, args.out, config=args.config, root=args.root)
+    print()
+    for r in rows(summary):
+        line = f"{r['rank']:3d}. {r['student']:24s} score {r['score'] or 0:6.2f}"
+        if r["status"] == "ok":
+            line += f"  quality {r['quality']:.3f}  speed-up {r['speedup']:.2f}"
+        else:
+            line += f"  failed: {r['reason']}"
+        print(line)
+    print(f"\nwrote {args.out}/leaderboard.csv, leaderboard.html, results.json")
+    return 0
+
+
+def add_grade(sub) -> None:
+    p = sub.add_parser("grade", help="instructor grading: nbgrader course and retrieval challenge")
+    g = p.add_subparsers(dest="grade_command", metavar="ACTION", required=True)
+
+    r = g.add_parser("release", help="nbgrader generate_assignment for every assignment of the course")
+    r.add_argument("--course", default="grading", help="nbgrader course folder (default: grading)")
+    r.set_defaults(func=_release)
+
+    a = g.add_parser("autograde", help="autograde SUBMISSIONS/<student>/<assignment>/*.ipynb in the sandbox")
+    a.add_argument("submissions", metavar="SUBMISSIONS_DIR")
+    a.add_argument("--course", default="grading", help="nbgrader course folder (default: grading)")
+    a.add_argument("--out", default="grades", help="where grades.csv and feedback/ go (default: grades)")
+    a.add_argument("--cell-timeout", type=float, default=60, help="seconds per cell (default: 60)")
+    a.add_argument("--notebook-timeout", type=float, default=600, help="seconds per notebook (default: 600)")
+    a.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "rlimits"])
+    a.add_argument("--memory-mb", type=int, default=8192, help="address-space limit per kernel (default: 8192)")
+    a.add_argument("--cpu-s", type=int, default=600, help="CPU seconds per kernel (default: 600)")
+    a.set_defaults(func=_autograde)
+
+    c = g.add_parser("challenge", help="run the retrieval challenge and write the leaderboard")
+    c.add_argument("submissions", metavar="SUBMISSIONS_DIR")
+    c.add_argument("--dataset", default="demo", help="query/gallery dataset spec (default: demo)")
+    c.add_argument("--config", default=None, help="challenge TOML (see grading/challenge.toml)")
+    c.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
+    c.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+    c.set_defaults(func=_challenge)

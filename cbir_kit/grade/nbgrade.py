@@ -1,0 +1,261 @@
+"""``cbir grade release`` and ``cbir grade autograde``: the nbgrader course, graded in one command.
+
+The course is an nbgrader course directory (default ``grading/``): ``nbgrader_config.py`` and
+``source/<assignment>/<notebook>.ipynb`` (instructor versions with nbgrader metadata).
+
+``release``   runs ``nbgrader generate_assignment`` for every assignment (student versions in
+              ``release/``, grade cells recorded in ``gradebook.db``).
+``autograde`` takes ``SUBMISSIONS/<student>/<assignment>/<notebook>.ipynb``, and for every
+              student and notebook runs ``nbgrader autograde --notebook`` in its own process:
+
+* every notebook executes in a fresh kernel inside the sandbox (:mod:`cbir_kit.grade.kernel`):
+  no network, course directory and gradebook not visible, resource limits;
+* a cell that runs longer than ``cell_timeout`` is interrupted and counts as an error
+  (nbgrader's ``Execute.timeout``); a notebook whose grading takes longer than
+  ``notebook_timeout`` is stopped (its process group and sandbox killed) and scores 0;
+* one notebook that fails, crashes or hangs never stops the others.
+
+Outputs in ``OUT``: ``grades.csv`` (student, assignment, notebook, exercise, points, max_points,
+status, reason; one row per grade cell) and ``feedback/<student>/<assignment>/<notebook>.html``
+(nbgrader ``generate_feedback`` with hidden tests and their outputs removed, see
+:mod:`cbir_kit.grade.feedback`).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CbirError
+from .sandbox import Limits, Sandbox
+
+KERNEL_NAME = "cbir-sandbox"
+GRADE_COLUMNS = ["student", "assignment", "notebook", "exercise", "points", "max_points", "status", "reason"]
+
+FEEDBACK_PREPROCESSORS = ["nbgrader.preprocessors.GetGrades", "cbir_kit.grade.feedback.HideHiddenTestOutputs",
+                          "nbgrader.preprocessors.ClearHiddenTests",
+                          "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
+
+
+def _run_options(cell_timeout: float) -> list[str]:
+    """Command-line settings for this run; they take precedence over the course's nbgrader_config.py."""
+    return [f"--Execute.timeout={int(cell_timeout)}", f"--Execute.kernel_name={KERNEL_NAME}",
+            "--KernelManager.transport=ipc",
+            f"--GenerateFeedback.preprocessors={json.dumps(FEEDBACK_PREPROCESSORS)}"]
+
+
+@dataclass
+class NotebookRun:
+    student: str
+    assignment: str
+    notebook: str
+    status: str   # graded | failed | timeout | missing
+    reason: str = ""
+
+
+def _course(course: str | Path) -> Path:
+    course = Path(course).resolve()
+    if not (course / "source").is_dir():
+        raise CbirError(f"{course} is not an nbgrader course: it has no source/ folder "
+                        "(expected source/<assignment>/<notebook>.ipynb and nbgrader_config.py)")
+    return course
+
+
+def assignments(course: Path) -> dict[str, list[str]]:
+    """``assignment -> notebook names`` (without .ipynb) from ``source/``."""
+    out = {}
+    for a in sorted(p for p in (course / "source").iterdir() if p.is_dir() and not p.name.startswith(".")):
+        nbs = sorted(p.stem for p in a.glob("*.ipynb"))
+        if nbs:
+            out[a.name] = nbs
+    if not out:
+        raise CbirError(f"{course / 'source'} holds no assignment folders with notebooks")
+    return out
+
+
+def _nbgrader(course: Path, args: list[str], env: dict | None = None,
+              timeout: float | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader calls alembic
+    proc = subprocess.Popen(cmd, cwd=course, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, _ = proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def _last_error(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "[ERROR]" in ln or "Error" in ln]
+    return (errors or lines or ["no output"])[-1][-300:]
+
+
+def release(course: str | Path = "grading", progress: bool = True) -> list[Path]:
+    """``nbgrader generate_assignment`` for every assignment; returns the release folders."""
+    course = _course(course)
+    out = []
+    for a in assignments(course):
+        r = _nbgrader(course, ["generate_assignment", a, "--force"])
+        if r.returncode != 0:
+            raise CbirError(f"nbgrader generate_assignment {a} failed in {course}: {_last_error(r.stdout)}")
+        out.append(course / "release" / a)
+        if progress:
+            print(f"released {a}: {course / 'release' / a}")
+    return out
+
+
+def _install_kernel(folder: Path) -> None:
+    spec_dir = folder / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {"argv": [sys.executable, "-m", "cbir_kit.grade.kernel", "{connection_file}"],
+            "display_name": "Python (cbir sandbox)", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+
+
+def _import_submissions(course: Path, submissions: Path, tasks: dict[str, list[str]]) -> list[str]:
+    """Copy ``SUBMISSIONS/<student>/<assignment>/`` into the course's ``submitted/``; return the students."""
+    submissions = submissions.resolve()
+    if not submissions.is_dir():
+        raise CbirError(f"submissions folder {submissions} does not exist")
+    students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not students:
+        raise CbirError(f"no student folders in {submissions}: expected <student>/<assignment>/<notebook>.ipynb")
+    if submissions == (course / "submitted").resolve():
+        return students
+    for student in students:
+        for a in tasks:
+            src = submissions / student / a
+            dst = course / "submitted" / student / a
+            if src.is_dir():
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    return students
+
+
+def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: str | Path = "grades",
+              cell_timeout: float = 60, notebook_timeout: float = 600, sandbox: str = "auto",
+              limits: dict | None = None, progress: bool = True) -> list[dict]:
+    """Autograde every student's notebooks (see the module docstring); returns the grades.csv rows."""
+    course = _course(course)
+    out_dir = Path(out_dir).resolve()
+    tasks = assignments(course)
+    box = Sandbox(Limits.from_dict({"wall_s": notebook_timeout, **(limits or {})}), sandbox)
+    say = print if progress else (lambda *a, **k: None)
+    say(f"sandbox: {box.note}")
+    for a in tasks:
+        if not (course / "release" / a).is_dir():
+            release(course, progress=progress)
+            break
+    students = _import_submissions(course, Path(submissions), tasks)
+    runs: list[NotebookRun] = []
+    with tempfile.TemporaryDirectory(prefix="cbir-autograde-") as tmp:
+        tmp = Path(tmp)
+        tmp.chmod(0o755)
+        _install_kernel(tmp / "jupyter")
+        config = _run_options(cell_timeout)
+        for student in students:
+            for a, notebooks in tasks.items():
+                for nb in notebooks:
+                    if not (course / "submitted" / student / a / f"{nb}.ipynb").is_file():
+                        runs.append(NotebookRun(student, a, nb, "missing", "notebook not submitted"))
+                        continue
+                    runs.append(_grade_one(course, config, tmp, box, student, a, nb, notebook_timeout))
+                    say(f"  {student}/{a}/{nb}: {runs[-1].status}{' - ' + runs[-1].reason if runs[-1].reason else ''}")
+            for a in tasks:
+                _feedback(course, config, student, a, out_dir, tmp)
+    rows = _grade_rows(course, tasks, runs)
+    _write_csv(rows, out_dir / "grades.csv")
+    return rows
+
+
+def _grade_one(course: Path, config: list[str], tmp: Path, box: Sandbox, student: str, assignment: str, nb: str,
+               notebook_timeout: float) -> NotebookRun:
+    run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
+    runtime = run_dir / "runtime"
+    runtime.mkdir()
+    runtime.chmod(0o777)  # the kernel, maybe running as nobody, creates its sockets here
+    run_dir.chmod(0o755)
+    settings = {"mode": box.mode, "limits": {**box.limits.__dict__}, "work_dir": str(run_dir / "work"),
+                "runtime_dir": str(runtime), "threads": 1}
+    env = {**os.environ, "JUPYTER_PATH": str(tmp / "jupyter"), "JUPYTER_RUNTIME_DIR": str(runtime),
+           "CBIR_GRADE_KERNEL": json.dumps(settings)}
+    args = ["autograde", assignment, f"--student={student}", f"--notebook={nb}", "--force", *config,
+            f"--KernelManager.ip={runtime / 'kernel'}"]
+    t0 = time.perf_counter()
+    try:
+        r = _nbgrader(course, args, env=env, timeout=notebook_timeout)
+    except subprocess.TimeoutExpired:
+        _drop_autograded(course, student, assignment, nb)
+        return NotebookRun(student, assignment, nb, "timeout",
+                           f"grading the notebook took longer than {notebook_timeout:g} s; stopped")
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if r.returncode != 0 or not (course / "autograded" / student / assignment / f"{nb}.ipynb").is_file():
+        return NotebookRun(student, assignment, nb, "failed", f"autograde failed: {_last_error(r.stdout)}")
+    return NotebookRun(student, assignment, nb, "graded", f"{time.perf_counter() - t0:.1f} s")
+
+
+def _drop_autograded(course: Path, student: str, assignment: str, nb: str) -> None:
+    (course / "autograded" / student / assignment / f"{nb}.ipynb").unlink(missing_ok=True)
+
+
+def _feedback(course: Path, config: list[str], student: str, assignment: str, out_dir: Path, tmp: Path) -> None:
+    if not (course / "autograded" / student / assignment).is_dir():
+        return
+    env = {**os.environ, "JUPYTER_PATH": str(tmp / "jupyter")}
+    r = _nbgrader(course, ["generate_feedback", assignment, f"--student={student}", "--force", *config], env=env,
+                  timeout=600)
+    src = course / "feedback" / student / assignment
+    if r.returncode == 0 and src.is_dir():
+        dst = out_dir / "feedback" / student / assignment
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src, dst)
+
+
+def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRun]) -> list[dict]:
+    from nbgrader.api import Gradebook, MissingEntry
+
+    rows = []
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for run in runs:
+            cells = gb.find_notebook(run.notebook, run.assignment).grade_cells
+            for cell in sorted(cells, key=lambda c: c.name):
+                points = 0.0
+                if run.status == "graded":
+                    try:
+                        points = float(gb.find_grade(cell.name, run.notebook, run.assignment, run.student).score)
+                    except MissingEntry:
+                        points = 0.0
+                rows.append({"student": run.student, "assignment": run.assignment, "notebook": run.notebook,
+                             "exercise": cell.name, "points": points, "max_points": float(cell.max_score),
+                             "status": run.status, "reason": "" if run.status == "graded" else run.reason})
+    return rows
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=GRADE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".grades.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(buf.getvalue())
+    os.replace(tmp, path)
