@@ -11,6 +11,7 @@ from .datasets.cli import add_datasets
 from .compare import add_compare
 from .errors import CbirError
 from .features import OFFLINE_MODEL
+from .grade.cli import add_grade
 from .train.command import add_train
 
 
@@ -57,7 +58,7 @@ def add_evaluate(sub) -> None:
     p.set_defaults(func=run_evaluate)
 
 
-COMMANDS = [add_evaluate, add_compare, add_datasets, add_train]
+COMMANDS = [add_evaluate, add_compare, add_datasets, add_train, add_grade]
 
 
 def build_parser() -> argparse.ArgumentParser:
