@@ -20,6 +20,10 @@ How the pipeline is made fast (each choice measured by ``cbir bench extract``):
   OpenMP thread teams (which oversubscribed a 2-core machine: sys time close to user time).
 * The model runs under ``torch.inference_mode`` with ``num_threads`` intra-op threads,
   CNNs in channels-last memory format (the uint8 batch is channels-last already).
+* glibc's allocator is told to keep large blocks (:func:`keep_large_allocations`): by
+  default every activation above 32 MB is a fresh ``mmap`` that the kernel zero-fills page
+  by page (minor faults, counted as sys time) and unmaps after each layer; measured on
+  EfficientNet-Lite0 at batch 32 this took CPU time from about 70 to 43 ms per image.
 * ``precision``: ``fp32`` (CPU default), ``bf16`` (CPU autocast, optional) or ``fp16``
   (CUDA default: autocast, uint8 batches copied from pinned memory).
 """
@@ -54,6 +58,29 @@ def default_batch_size(spec: str) -> int:
     """The measured default batch size for a model spec (``clip:*`` share one entry)."""
     key = "clip" if spec.startswith("clip:") else spec.split("-")[0]
     return DEFAULT_BATCH_SIZE.get(key, 32)
+
+
+_MALLOC_TUNED = False
+
+
+def keep_large_allocations() -> bool:
+    """Ask glibc malloc to serve large blocks from its heap and keep freed memory (once per process).
+
+    ``mallopt(M_MMAP_THRESHOLD, 256 MiB)``, ``M_TRIM_THRESHOLD`` 512 MiB, ``M_TOP_PAD`` 64 MiB:
+    activation buffers are then reused between forward passes instead of being mapped,
+    page-faulted and unmapped every time.  Returns False (and does nothing) off glibc.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(-3, 256 << 20) and libc.mallopt(-1, 512 << 20) and libc.mallopt(-2, 64 << 20)
+    except (OSError, AttributeError):
+        return False
+    _MALLOC_TUNED = bool(ok)
+    return _MALLOC_TUNED
 
 
 def available_cores() -> int:
@@ -203,6 +230,8 @@ class Extractor:
         if self._backbone is None:
             bb = build_backbone(self.spec, pretrained=self.pretrained)
             bb.model.eval().to(self.device)
+            if self.device.type == "cpu":
+                keep_large_allocations()
             if bb.channels_last and self.device.type != "mps":
                 bb.model.to(memory_format=torch.channels_last)
             self._split = split_preprocess(bb.preprocess)
@@ -266,6 +295,20 @@ class Extractor:
             out = bb.model(x)
         return F.normalize(out.float(), dim=1).cpu()
 
+    @staticmethod
+    def _reject_degenerate(images, a: int, vectors: np.ndarray, ok: np.ndarray) -> list[tuple[int, str, str]]:
+        """Mark rows with NaN/infinite values or all zeros (no direction for cosine) as failures."""
+        finite = np.isfinite(vectors).all(axis=1)
+        zero = finite & ~vectors.any(axis=1)
+        out = []
+        for i in np.flatnonzero(ok & (~finite | zero)):
+            reason = ("the model returned an all-zero feature vector" if zero[i]
+                      else "the model returned NaN or infinite feature values")
+            out.append((a + int(i), describe(images[a + int(i)]), reason))
+            vectors[i] = np.nan
+            ok[i] = False
+        return out
+
     def batch_ranges(self, start: int, stop: int) -> list[tuple[int, int]]:
         """``[start, stop)`` cut into ``batch_size`` pieces, the last one possibly shorter."""
         return [(a, min(a + self.batch_size, stop)) for a in range(start, stop, self.batch_size)]
@@ -306,6 +349,8 @@ class Extractor:
                         x = self._to_input([loaded[i] for i in good])
                         vectors[good] = self.embed_batch(x).numpy()
                         ok[good] = True
+                        failures += self._reject_degenerate(images, a, vectors, ok)
+                        failures.sort()
                     if bar is not None:
                         bar.update(b - a)
                     yield Batch(a, b, vectors, ok, failures)
