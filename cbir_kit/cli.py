@@ -12,6 +12,8 @@ from .datasets.cli import add_datasets
 from .compare import add_compare
 from .errors import CbirError
 from .features import OFFLINE_MODEL
+from .grade.cli import add_grade
+from .train.command import add_train
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -34,7 +36,7 @@ def run_evaluate(args) -> int:
 
     result = evaluate(dataset=args.dataset, model=args.model, k=args.k, root=args.root, cache_dir=args.cache,
                       device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-                      progress=not args.no_progress, seed=args.seed)
+                      progress=not args.no_progress, seed=args.seed, head=args.head)
     print(result.table())
     if args.json:
         result.write_json(args.json)
@@ -52,10 +54,12 @@ def add_evaluate(sub) -> None:
     p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
+    p.add_argument("--head", default=None, metavar="PATH",
+                   help="a head from `cbir train`: applied to the frozen features; its training images are left out")
     p.set_defaults(func=run_evaluate)
 
 
-COMMANDS = [add_evaluate, add_compare, add_datasets, add_bench]
+COMMANDS = [add_evaluate, add_compare, add_datasets, add_train, add_bench, add_grade]
 
 
 def build_parser() -> argparse.ArgumentParser:
