@@ -1,0 +1,143 @@
+"""`cbir grade release/autograde` on a tiny two-notebook nbgrader course built in the test."""
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbgrader")
+
+from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
+
+from cbir_kit.grade import nbgrade  # noqa: E402
+from cbir_kit.grade.sandbox import bwrap_status  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KERNELSPEC = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+
+
+def _meta(grade_id, solution=False, points=None):
+    m = {"grade": points is not None, "solution": solution, "locked": points is not None,
+         "grade_id": grade_id, "schema_version": 3}
+    if points is not None:
+        m["points"] = points
+    return {"nbgrader": m}
+
+
+def make_course(root: Path) -> None:
+    (root / "source" / "ps1").mkdir(parents=True)
+    (root / "nbgrader_config.py").write_text('c = get_config()\nc.CourseDirectory.course_id = "tiny"\n')
+    squares = new_notebook(metadata=KERNELSPEC, cells=[
+        new_code_cell("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
+                      metadata=_meta("square", solution=True)),
+        new_code_cell("assert square(3) == 9", metadata=_meta("test_square_visible", points=1)),
+        new_code_cell("### BEGIN HIDDEN TESTS\nassert square(-4) == 16, 'HIDDEN_SECRET_ONE'\n### END HIDDEN TESTS",
+                      metadata=_meta("test_square_hidden", points=2)),
+    ])
+    cubes = new_notebook(metadata=KERNELSPEC, cells=[
+        new_code_cell("def cube(x):\n    ### BEGIN SOLUTION\n    return x ** 3\n    ### END SOLUTION",
+                      metadata=_meta("cube", solution=True)),
+        new_code_cell("assert cube(2) == 8\n### BEGIN HIDDEN TESTS\nassert cube(-3) == -27, 'HIDDEN_SECRET_TWO'\n"
+                      "### END HIDDEN TESTS", metadata=_meta("test_cube", points=3)),
+    ])
+    nbformat.write(squares, root / "source" / "ps1" / "squares.ipynb")
+    nbformat.write(cubes, root / "source" / "ps1" / "cubes.ipynb")
+
+
+def submit(course: Path, subs: Path, student: str, answers: dict) -> None:
+    folder = subs / student / "ps1"
+    folder.mkdir(parents=True)
+    for name, code in answers.items():
+        nb = nbformat.read(course / "release" / "ps1" / f"{name}.ipynb", as_version=4)
+        nb.cells[0].source = code
+        if name == "squares" and student == "malicious":
+            nb.cells[1].source = "pass  # try to disable the visible test"
+        nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_status()[0], reason=f"bubblewrap isolation unavailable: {bwrap_status()[1]}")
+def test_batch_of_five_students(tmp_path):
+    course = tmp_path / "course"
+    make_course(course)
+    assert nbgrade.release(course, progress=False) == [course / "release" / "ps1"]
+    released = (course / "release" / "ps1" / "squares.ipynb").read_text()
+    assert "HIDDEN_SECRET_ONE" not in released and "return x * x" not in released
+
+    gradebook = course / "gradebook.db"
+    subs = tmp_path / "subs"
+    good_sq, good_cu = "def square(x):\n    return x * x", "def cube(x):\n    return x ** 3"
+    submit(course, subs, "correct", {"squares": good_sq, "cubes": good_cu})
+    submit(course, subs, "partly", {"squares": "def square(x):\n    return 9 if x == 3 else 0",  # visible only
+                                    "cubes": good_cu})
+    submit(course, subs, "crashing", {"squares": "raise SystemExit(1)\ndef square(x):\n    return x * x",
+                                      "cubes": "import os\nos._exit(3)"})
+    submit(course, subs, "hanging", {"squares": "while True:\n    pass",  # cell timeout
+                                     "cubes": "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                              "while True:\n    time.sleep(0.1)"})  # ignores interrupts
+    submit(course, subs, "malicious", {"squares": (
+        f"import os, shutil\n"
+        f"try:\n    open({str(gradebook)!r}, 'wb').write(b'A+')\nexcept OSError as e:\n    print('blocked:', e)\n"
+        f"try:\n    print(open({str(course / 'source' / 'ps1' / 'squares.ipynb')!r}).read())\n"
+        f"except OSError as e:\n    print('blocked:', e)\n"
+        f"shutil.rmtree({str(course)!r}, ignore_errors=True)\n"
+        "def square(x):\n    return 0")})
+
+    out = tmp_path / "out"
+    rows = nbgrade.autograde(subs, course, out, cell_timeout=5, notebook_timeout=40, progress=False)
+    points = {(r["student"], r["exercise"]): r["points"] for r in rows}
+    status = {(r["student"], r["notebook"]): r["status"] for r in rows}
+    expected = {
+        ("correct", "test_square_visible"): 1, ("correct", "test_square_hidden"): 2, ("correct", "test_cube"): 3,
+        ("partly", "test_square_visible"): 1, ("partly", "test_square_hidden"): 0, ("partly", "test_cube"): 3,
+        ("crashing", "test_square_visible"): 0, ("crashing", "test_square_hidden"): 0, ("crashing", "test_cube"): 0,
+        ("hanging", "test_square_visible"): 0, ("hanging", "test_square_hidden"): 0, ("hanging", "test_cube"): 0,
+        ("malicious", "test_square_visible"): 0, ("malicious", "test_square_hidden"): 0,
+        ("malicious", "test_cube"): 0,
+    }
+    assert points == expected
+    # a kernel that ignores interrupts: nbgrader gives up on it, or the notebook timeout stops it
+    hung = [r for r in rows if r["student"] == "hanging" and r["notebook"] == "cubes"][0]
+    assert hung["status"] in ("timeout", "failed") and hung["reason"], hung
+    assert status[("malicious", "cubes")] == "missing"
+    assert status[("correct", "squares")] == "graded"
+
+    # the gradebook (checked below through nbgrader) and the course survive; the CSV matches the rows
+    assert (course / "source" / "ps1" / "squares.ipynb").is_file()
+    with open(out / "grades.csv") as fh:
+        assert [r["points"] for r in csv.DictReader(fh)] == [str(r["points"]) for r in rows]
+    assert list(rows[0]) == nbgrade.GRADE_COLUMNS
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{gradebook}") as gb:
+        assert gb.find_submission("ps1", "correct").score == 6
+        assert gb.find_submission("ps1", "malicious").score == 0
+
+    # feedback: per student, no hidden test code or message, a verdict instead
+    pages = sorted(out.glob("feedback/*/ps1/*.html"))
+    assert {p.parent.parent.name for p in pages} == {"correct", "partly", "crashing", "hanging", "malicious"}
+    for page in pages:
+        text = page.read_text()
+        assert "HIDDEN_SECRET" not in text and "square(-4)" not in text and "cube(-3)" not in text
+    assert "Hidden tests failed (AssertionError)" in (out / "feedback" / "partly" / "ps1" / "squares.html").read_text()
+    assert "blocked:" in (out / "feedback" / "malicious" / "ps1" / "squares.html").read_text()
+
+
+def test_course_errors(tmp_path):
+    from cbir_kit.errors import CbirError
+    with pytest.raises(CbirError, match="no source/ folder"):
+        nbgrade.release(tmp_path)
+
+
+@pytest.mark.slow
+def test_release_the_real_course(tmp_path):
+    course = REPO / "grading"
+    if not (course / "source").is_dir() or not (course / "nbgrader_config.py").is_file():
+        pytest.skip("grading/ has no nbgrader course yet (source/ and nbgrader_config.py come with the notebooks)")
+    copy = tmp_path / "grading"
+    shutil.copytree(course, copy, symlinks=False, ignore=shutil.ignore_patterns("gradebook.db", "release",
+                                                                                "submitted", "autograded", "feedback"))
+    released = nbgrade.release(copy, progress=False)
+    assert released and all(any(p.glob("*.ipynb")) for p in released)
