@@ -133,11 +133,18 @@ def test_course_errors(tmp_path):
 
 @pytest.mark.slow
 def test_release_the_real_course(tmp_path):
-    course = REPO / "grading"
-    if not (course / "source").is_dir() or not (course / "nbgrader_config.py").is_file():
-        pytest.skip("grading/ has no nbgrader course yet (source/ and nbgrader_config.py come with the notebooks)")
-    copy = tmp_path / "grading"
-    shutil.copytree(course, copy, symlinks=False, ignore=shutil.ignore_patterns("gradebook.db", "release",
-                                                                                "submitted", "autograded", "feedback"))
-    released = nbgrade.release(copy, progress=False)
-    assert released and all(any(p.glob("*.ipynb")) for p in released)
+    """grading/nbgrader_config.py with ../notebooks/NN_*.ipynb as one assignment each (its documented layout)."""
+    notebooks = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
+    if not (REPO / "grading" / "nbgrader_config.py").is_file() or not notebooks:
+        pytest.skip("the real course (grading/nbgrader_config.py and notebooks/NN_*.ipynb) is not there yet")
+    course = tmp_path / "grading"
+    course.mkdir()
+    shutil.copy(REPO / "grading" / "nbgrader_config.py", course)
+    for nb in notebooks:
+        (course / "source" / nb.stem).mkdir(parents=True)
+        shutil.copy(nb, course / "source" / nb.stem)
+    released = nbgrade.release(course, progress=False)
+    assert [p.name for p in released] == [nb.stem for nb in notebooks]
+    for nb in notebooks:
+        student = (course / "release" / nb.stem / nb.name).read_text()
+        assert "BEGIN HIDDEN TESTS" not in student and "### BEGIN SOLUTION" not in student
