@@ -1,0 +1,6 @@
+"""Re-ranking and expansion: k-reciprocal re-ranking, query expansion, DBA."""
+from .kreciprocal import euclidean_distances, k_reciprocal_rerank, k_reciprocal_rerank_features
+from .qe import database_augmentation, parse_qe, query_expansion
+
+__all__ = ["database_augmentation", "euclidean_distances", "k_reciprocal_rerank", "k_reciprocal_rerank_features",
+           "parse_qe", "query_expansion"]
