@@ -204,6 +204,24 @@ def shortlist_recall(shortlist_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return float(np.mean(found) / exact_ids.shape[1])
 
 
+def rerank_inner_product(queries: np.ndarray, gallery: np.ndarray, shortlist: np.ndarray,
+                         k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each query's shortlist by inner product q . g: ``(scores, ids)`` (Q, k), best first.
+
+    faiss ``knn_inner_products_by_idx`` reads the shortlisted rows in place (no (Q, m, D)
+    gathered copy), about 3x faster than gathering and multiplying in numpy.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    shortlist = np.ascontiguousarray(shortlist, dtype=np.int64)
+    nq, m = shortlist.shape
+    scores = np.empty((nq, k), dtype=np.float32)
+    ids = np.empty((nq, k), dtype=np.int64)
+    faiss.knn_inner_products_by_idx(faiss.swig_ptr(queries), faiss.swig_ptr(gallery), faiss.swig_ptr(shortlist),
+                                    gallery.shape[1], nq, len(gallery), m, k, faiss.swig_ptr(scores),
+                                    faiss.swig_ptr(ids), m)
+    return scores, ids
+
+
 class HashIndex:
     """Hash shortlist, then float re-rank (see the module docstring).
 
@@ -253,10 +271,7 @@ class HashIndex:
         t1 = time.perf_counter()
         _, short = self.binary_index_.search(codes, m)
         t2 = time.perf_counter()
-        scores = np.einsum("qd,qmd->qm", queries, self.gallery_[short])
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, m)]
-        out_scores = np.take_along_axis(scores, order, axis=1)
-        out_ids = np.take_along_axis(short, order, axis=1)
+        out_scores, out_ids = rerank_inner_product(queries, self.gallery_, short, min(k, m))
         t3 = time.perf_counter()
         self.shortlist_ = short
         self.timings_ = {"encode_s": t1 - t0, "hamming_s": t2 - t1, "rerank_s": t3 - t2}
