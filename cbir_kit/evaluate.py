@@ -146,8 +146,12 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
              root=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
              num_workers: int | None = None, progress: bool = True, seed: int = 0,
-             head: str | os.PathLike | None = None) -> EvalResult:
+             head: str | os.PathLike | None = None, methods=None) -> EvalResult:
     """Run the whole pipeline once and measure it (see the module docstring).
+
+    ``methods``: a :class:`cbir_kit.retrieval.Methods` (ANN index, hash shortlist, QE, DBA,
+    k-reciprocal re-ranking, TTA, threshold); the exact metrics then move to
+    ``config["exact_metrics"]`` and ``metrics`` / ``timings`` describe the methods' pipeline.
 
     ``head``: a head file from ``cbir train``; it maps the frozen features of queries and
     gallery before indexing, and the images it was trained on are left out (held-out test).
@@ -198,12 +202,20 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     search_s = time.perf_counter() - t0
 
     metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff)
+    method_timings, method_config = {}, {}
+    if methods is not None and methods.active():
+        from .retrieval import apply_methods
+        if head_info and methods.tta:
+            raise CbirError("--tta cannot be combined with --head (the head maps features, not images)")
+        metric_values, ap, top, method_timings, method_config = apply_methods(
+            methods, queries, gallery, ds, k_eff, metric_values, extractor, cache, progress, seed)
     total_s = time.perf_counter() - t_start
     timings = {
         "extract_s": extract_s,
         "images_per_s": n_images / extract_s if extract_s > 0 else float("inf"),
         "index_build_s": index_build_s,
         "search_ms_per_query": 1000.0 * search_s / len(queries),
+        **method_timings,
         "total_s": total_s,
     }
     return EvalResult(
@@ -212,6 +224,6 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
         skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
                                  "metric": "inner product (cosine on L2-normalised features)",
-                                 **({"head": head_info} if head_info else {})},
+                                 **({"head": head_info} if head_info else {}), **method_config},
         per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )
