@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bench_search import add_bench_search
 from .datasets import load
 from .errors import CbirError
 from .evaluate import write_json_atomic
@@ -233,7 +234,7 @@ def add_bench_extract(bench_sub) -> None:
 
 
 # Benchmarks under `cbir bench`; each is an `add_<name>(bench_subparsers)` function.
-BENCH_COMMANDS = [add_bench_extract]
+BENCH_COMMANDS = [add_bench_extract, add_bench_search]
 
 
 def add_bench(sub) -> None:
