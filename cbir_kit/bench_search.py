@@ -441,6 +441,13 @@ def results_frame(result: dict):
     return pd.DataFrame([{c: r[c] for c in cols} for r in result["results"]])
 
 
+def display_frame(result: dict):
+    """The results for reading: the tuned knob as ``name=value``, no family column."""
+    frame = results_frame(result)
+    frame["value"] = [f"{kn}={int(v)}" if v is not None and v == v else "" for kn, v in zip(frame["knob"], frame["value"])]
+    return frame.drop(columns=["knob", "family"]).rename(columns={"value": "knob"})
+
+
 def format_result(result: dict) -> str:
     f = result["features"]
     st = f["statistics"]
@@ -452,10 +459,7 @@ def format_result(result: dict) -> str:
              f"nn10 cos {st['real']['nn10_cos']:.3f} / {st['synthetic']['nn10_cos']:.3f}",
              f"queries: {result['n_queries']} batched, {result['n_single_queries']} one at a time; k={result['k']}; "
              f"knobs tuned to recall@{result['k']} >= {result['target_recall']} on separate tuning queries", ""]
-    frame = results_frame(result)
-    frame["value"] = [f"{kn}={int(v)}" if v is not None and v == v else "" for kn, v in zip(frame["knob"], frame["value"])]
-    frame = frame.drop(columns=["knob", "family"]).rename(columns={"value": "knob"})
-    lines.append(frame.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    lines.append(display_frame(result).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for i, a in enumerate(result.get("algo2", [])):
         if i == 0:
             lines += ["", f"Algo 2 of the binary-hash project ({a['n']:,} x {a['dim']}-d corpus queries itself):"]
@@ -479,12 +483,13 @@ def plot_scaling(result: dict):
                               (f"batched ({result['n_queries']} queries per call)", "one query per call")):
         for i, (name, part) in enumerate(frame.groupby("family", sort=False)):
             recall = part[f"recall@{result['k']}"].iloc[-1]
-            label = f"{name} (recall@{result['k']} {recall:.2f} at {part['size'].iloc[-1]:,})"
-            ax.plot(part["size"], part[col], marker="osD^v*"[i % 6], label=label)
+            ax.plot(part["size"], part[col], marker="osD^v*"[i % 6], label=f"{name} ({recall:.2f})")
         ax.set(xscale="log", yscale="log", xlabel="gallery size", title=title)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("ms per query")
-    axes[1].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8,
+               title=f"method (recall@{result['k']}\nat {frame['size'].max():,})", title_fontsize=8)
     fig.suptitle(f"Search cost against gallery size ({result['dim']}-d, {result['features']['source']} features)")
     return fig
 
@@ -496,7 +501,7 @@ def write_search_report(result: dict, out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _save(plot_scaling(result), out / "search_scaling.png")
-    frame = results_frame(result).drop(columns="family").set_index("size")
+    frame = display_frame(result).set_index("size")
     text = ["# Search benchmark", "", "```", format_result(result), "```", "",
             markdown_table(frame, digits=3), "", "![ms per query against gallery size](search_scaling.png)", ""]
     path = out / "search_bench.md"
