@@ -159,8 +159,9 @@ def dataset_features(dataset: str, model: str, root=None, cache_dir=None, device
     ds = load(dataset, root=root)
     ex = create_extractor(model, device=device)
     cache = FeatureCache(cache_dir)
+    splits = [("gallery", ds.gallery)] + ([] if ds.leave_one_out else [("query", ds.query)])  # no duplicates
     parts = [cache.get_or_extract(ex, images, progress=progress, desc=name)[0].vectors
-             for name, images in (("gallery", ds.gallery), ("query", ds.query)) if len(images)]
+             for name, images in splits if len(images)]
     x = np.concatenate(parts)
     x = x[np.isfinite(x).all(axis=1)]
     return x, f"{ds.name} ({len(x)} images), {model} {x.shape[1]}-d"
@@ -445,7 +446,11 @@ def display_frame(result: dict):
     """The results for reading: the tuned knob as ``name=value``, no family column."""
     frame = results_frame(result)
     frame["value"] = [f"{kn}={int(v)}" if v is not None and v == v else "" for kn, v in zip(frame["knob"], frame["value"])]
-    return frame.drop(columns=["knob", "family"]).rename(columns={"value": "knob"})
+    frame = frame.drop(columns=["knob", "family"]).rename(columns={"value": "knob"})
+    sources = [r["source"] for r in result["results"]]
+    if len(set(sources)) > 1:  # say which sizes used real vectors
+        frame.insert(1, "features", sources)
+    return frame
 
 
 def format_result(result: dict) -> str:

@@ -163,6 +163,7 @@ def test_cli_writes_json_and_report(real, tmp_path, capsys):
     assert [r["method"] for r in result["results"]] == ["Flat", f"IVF{n_lists(300)},Flat", "ITQ32+rerank",
                                                          "Flat", f"IVF{n_lists(700)},Flat", "ITQ32+rerank"]
     assert (tmp_path / "rep" / "search_scaling.png").stat().st_size > 1000
+    assert "| 300 | real |" in (tmp_path / "rep" / "search_bench.md").read_text()
     assert "search_scaling.png" in (tmp_path / "rep" / "search_bench.md").read_text()
     capsys.readouterr()
     rc = main(["bench", "search", "--features", str(path), "--sizes", "300", "--dim", "20"])
