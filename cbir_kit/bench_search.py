@@ -55,7 +55,6 @@ from sklearn.cluster import KMeans
 
 from .bench import Bench, environment, max_rss_mb
 from .errors import CbirError
-from .evaluate import write_json_atomic
 from .index.ann import AnnIndex, recall_vs_exact
 from .index.exact import ExactIndex
 from .index.hashing import HashIndex, ITQHasher
@@ -479,8 +478,9 @@ def format_result(result: dict) -> str:
 
 def plot_scaling(result: dict):
     """ms/query against gallery size per method, log-log; batched and single-query panels."""
-    from . import viz  # noqa: F401  (selects the headless backend outside notebooks)
     import matplotlib.pyplot as plt
+
+    from . import viz  # noqa: F401  (selects the headless backend outside notebooks)
 
     frame = results_frame(result)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained", sharey=True)
@@ -532,11 +532,9 @@ def run_bench_search(args) -> int:
                           n_single=args.single_queries, algo2_size=args.algo2_size or None, seed=args.seed,
                           progress=not args.no_progress)
     print(format_result(result))
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"\nwrote {args.json}")
-    if args.report:
-        print(f"wrote {write_search_report(result, args.report)}")
+    from .cli import write_outputs
+
+    write_outputs(args, result, lambda: write_search_report(result, args.report))
     return 0
 
 

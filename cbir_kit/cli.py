@@ -8,8 +8,8 @@ import argparse
 import sys
 
 from .bench_extract import add_bench
-from .datasets.cli import add_datasets
 from .compare import add_compare
+from .datasets.cli import add_datasets
 from .errors import CbirError
 from .features import OFFLINE_MODEL
 from .grade.cli import add_grade
@@ -43,14 +43,25 @@ def run_evaluate(args) -> int:
         exact = result.config["exact_metrics"]
         print("\nexact Flat on the same features: " + "  ".join(
             f"{name} {exact[name]:.4f}" for name in ("mAP", "P@1", "P@10", "R@10") if name in exact))
-    if args.json:
-        result.write_json(args.json)
-        print(f"\nwrote {args.json}")
-    if args.report:
-        from .report import write_report
+    from .report import write_report
 
-        print(f"wrote {write_report(result, args.report)}")
+    write_outputs(args, result.to_dict(), lambda: write_report(result, args.report))
     return 0
+
+
+def write_outputs(args, payload: dict, report) -> None:
+    """The ``--json PATH`` and ``--report DIR`` outputs every command writes the same way.
+
+    ``payload`` is written atomically as JSON; ``report()`` writes the report into ``args.report`` and
+    returns the file it wrote.
+    """
+    from .evaluate import write_json_atomic
+
+    if args.json:
+        write_json_atomic(args.json, payload)
+        print(f"\nwrote {args.json}")
+    if getattr(args, "report", None):
+        print(f"wrote {report()}")
 
 
 def add_evaluate(sub) -> None:

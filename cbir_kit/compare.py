@@ -101,13 +101,10 @@ def run_compare(args) -> int:
           f"model {first.model}\n")
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-    if args.json:
-        from .evaluate import write_json_atomic
+    from .cli import write_outputs
 
-        write_json_atomic(args.json, {"runs": [r.to_dict() for r in results]})
-        print(f"\nwrote {args.json}")
-    if args.report:
-        print(f"wrote {write_report(results, args.report, title='Comparison')}")
+    write_outputs(args, {"runs": [r.to_dict() for r in results]},
+                  lambda: write_report(results, args.report, title="Comparison"))
     return 0
 
 

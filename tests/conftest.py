@@ -25,6 +25,17 @@ def isolated_dirs(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture
+def one_faiss_thread():
+    """faiss on one OpenMP thread: k-means training spins badly with several on a busy shared machine."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real Corel-1K and revisitop ground truth); skip when absent."""

@@ -9,6 +9,7 @@ answers every request with the whole file (``200``).  ``server.requests`` record
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -69,3 +70,12 @@ class FixtureServer(ThreadingHTTPServer):
     def close(self):
         self.shutdown()
         self.server_close()
+
+
+def online(host: str) -> bool:
+    """Whether ``host:443`` answers: tests of offline behaviour skip when the network is reachable."""
+    try:
+        socket.create_connection((host, 443), timeout=2).close()
+        return True
+    except OSError:
+        return False

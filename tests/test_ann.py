@@ -9,14 +9,7 @@ from cbir_kit.errors import CbirError
 from cbir_kit.index import ExactIndex
 from cbir_kit.index.ann import AnnIndex, compare_to_exact, recall_vs_exact
 
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """k-means training spins badly with several OpenMP threads on a busy shared machine."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def unit(x):

@@ -1,7 +1,6 @@
 """`cbir evaluate` end to end: the JSON contract, the cache, the Corel-1K reference, folder: layouts."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -9,11 +8,15 @@ import numpy as np
 import pytest
 import timm
 import torch
+from fixture_server import online
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
 from cbir_kit.evaluate import evaluate
-from cbir_kit.features.models import imagenet_preprocess, load_efficientnet_lite0_weights
+from cbir_kit.features.models import (
+    imagenet_preprocess,
+    load_efficientnet_lite0_weights,
+)
 
 CONTRACT_METRICS = {"mAP", "P@1", "P@5", "P@10", "R@10", "precision", "recall", "f1"}
 CONTRACT_TIMINGS = {"extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "total_s"}
@@ -103,15 +106,8 @@ def test_bad_dataset_is_one_clear_line_not_a_traceback(tmp_path):
     assert "missing.csv does not exist" in proc.stderr
 
 
-def _online(host):
-    try:
-        socket.create_connection((host, 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
-
-@pytest.mark.skipif(_online("huggingface.co"), reason="network is reachable; this checks offline behaviour")
+@pytest.mark.skipif(online("huggingface.co"), reason="network is reachable; this checks offline behaviour")
 def test_clip_hub_model_offline_fails_fast_naming_the_offline_model(tmp_path):
     proc = _cbir("evaluate", "--model", "clip:ViT-B-32:laion2b_s34b_b79k", "--no-progress",
                  env={"HF_HOME": str(tmp_path / "hf")}, timeout=60)

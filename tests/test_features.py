@@ -1,10 +1,10 @@
 """Feature extractors: real EfficientNet-Lite0 weights, random-init ResNet/CLIP, batching, errors."""
-import socket
 
 import numpy as np
 import pytest
 import timm
 import torch
+from fixture_server import online
 from PIL import Image
 
 from cbir_kit.errors import CbirError, ModelUnavailableError
@@ -16,13 +16,6 @@ def _images(n, size=(96, 80)):
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)) for _ in range(n)]
 
-
-def _online(host):
-    try:
-        socket.create_connection((host, 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_efficientnet_lite0_loads_all_296_shipped_tensors():
@@ -101,7 +94,7 @@ def test_unknown_model_and_malformed_clip_spec():
         build_backbone("clip:ViT-B-32:no_such_tag")
 
 
-@pytest.mark.skipif(_online("download.pytorch.org"), reason="network is reachable; this checks offline behaviour")
+@pytest.mark.skipif(online("download.pytorch.org"), reason="network is reachable; this checks offline behaviour")
 def test_torchvision_weights_offline_error_names_the_offline_model(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
     with pytest.raises(ModelUnavailableError, match="--model efficientnet_lite0"):

@@ -1,22 +1,24 @@
 """Binary hash codes, Hamming search (faiss vs numpy popcount), shortlist + float re-rank."""
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
 from cbir_kit.errors import CbirError
 from cbir_kit.index import ExactIndex
-from cbir_kit.index.hashing import (HashIndex, ITQHasher, LSHHasher, PCAHasher, hamming_distances,
-                                    hamming_search_faiss, hamming_search_numpy, make_hasher, shortlist_recall)
+from cbir_kit.index.hashing import (
+    HashIndex,
+    ITQHasher,
+    LSHHasher,
+    PCAHasher,
+    hamming_distances,
+    hamming_search_faiss,
+    hamming_search_numpy,
+    make_hasher,
+    shortlist_recall,
+)
 
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 @pytest.fixture(scope="module")
