@@ -19,7 +19,8 @@ from .train.command import add_train
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options every data-and-model command shares (the DESIGN.md contract)."""
     p.add_argument("--dataset", default="demo",
-                   help="registered name (demo, digits, ...), folder:PATH or csv:PATH (default: demo)")
+                   help="a name from `cbir datasets list` (demo, digits, corel1k, ...), folder:PATH, qg:PATH or "
+                        "csv:PATH (default: demo)")
     p.add_argument("--model", default=OFFLINE_MODEL,
                    help=f"efficientnet_lite0, resnet18, resnet50, clip:ARCH:PRETRAINED (default: {OFFLINE_MODEL})")
     p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")

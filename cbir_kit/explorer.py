@@ -8,6 +8,8 @@ The explorer shows the query and its top results (top-k, or every result with
 score >= threshold) as an image grid: a green border marks a relevant result, red an
 irrelevant one, grey a revisitop "junk" image; each tile shows its rank and score.  The
 title gives precision = hits / retrieved and recall = hits / R for the retrieved set.
+With ``distance=True`` the methods return distances instead (lower = more similar, ranked
+ascending) and a threshold retrieves every result with distance < threshold.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ class Explorer:
 
     def __init__(self, ds: Dataset, methods: dict[str, Method], k: int = 8, max_show: int = 24,
                  threshold: float | None = None, threshold_range: tuple[float, float] = (0.0, 1.0),
-                 ncols: int = 6, thumb: int = 128):
+                 ncols: int = 6, thumb: int = 128, distance: bool = False):
         if not methods:
             raise ValueError("Explorer needs at least one method (name -> rank function)")
         self.ds = ds
@@ -81,6 +83,7 @@ class Explorer:
         self.threshold_range = threshold_range
         self.ncols = ncols
         self.thumb = thumb
+        self.distance = distance
         self._thumbs: dict = {}
 
     def _image(self, ref) -> np.ndarray:
@@ -92,9 +95,13 @@ class Explorer:
         return self._thumbs[key]
 
     def select(self, qi: int, method: str, k: int | None = None, threshold: float | None = None):
-        """The retrieved results ``(scores, ids)``: the top k, or every score >= threshold."""
+        """The retrieved results ``(scores, ids)``: the top k, or every score >= threshold
+        (every distance < threshold when the explorer works on distances)."""
         scores, ids = self.methods[method](qi)
-        n = min(k or self.k, len(ids)) if threshold is None else int(np.sum(scores >= threshold))
+        if threshold is None:
+            n = min(k or self.k, len(ids))
+        else:
+            n = int(np.sum(scores < threshold)) if self.distance else int(np.sum(scores >= threshold))
         return scores[:n], ids[:n]
 
     def draw(self, qi: int = 0, method: str | None = None, k: int | None = None,
@@ -119,7 +126,8 @@ class Explorer:
         axes[0, 0].set_title(f"query {qi}\n{self.ds.query_labels[qi]}", fontsize=9)
         precision = hits / n if n else 0.0
         recall = hits / n_rel if n_rel else float("nan")
-        rule = f"score >= {threshold:.3f}" if threshold is not None else f"top {n}"
+        rule = f"top {n}" if threshold is None else \
+            f"distance < {threshold:.3f}" if self.distance else f"score >= {threshold:.3f}"
         more = f" (showing {len(ids)})" if len(ids) < n else ""
         fig.suptitle(f"{method}: {rule}, {n} retrieved{more}\n"
                      f"precision {precision:.2f}   recall {recall:.2f}   (R = {n_rel} relevant)", fontsize=10)
