@@ -355,3 +355,26 @@ def test_leaderboard_ranks_as_the_formula_says(tmp_path):
         challenge.rescore(results, cfg)
         pair = sorted(("slow_accurate", "fast_sloppy"), key=lambda s: -by[s].scores["score"])
         assert pair[0] == winner, weights
+
+
+# ---- local scoring (cbir_kit.grade.local): the grader's numbers without the sandbox ---------------
+
+def test_score_locally_gives_the_graders_metrics_and_score(tmp_path, demo_dataset):
+    from cbir_kit.grade.local import score_locally
+
+    _write(tmp_path, "honest.py", HONEST)
+    _write(tmp_path, "too_many.py", "def build(g):\n    pass\ndef retrieve(q, k):\n    return [list(range(k + 1)) for _ in q]\n")
+    _write(tmp_path, "no_build.py", "def retrieve(q, k):\n    return []\n")
+    fast = {"timing": {"warmup": 0, "repeats": 1}}
+    base, mine = score_locally(tmp_path / "honest.py", demo_dataset, overrides=fast, baseline=tmp_path / "honest.py")
+    assert base.student == challenge.BASELINE_NAME and base.status == mine.status == "ok"
+    ref = _honest_reference(demo_dataset, 10)
+    for m in ("precision", "recall", "mAP"):
+        assert mine.metrics[m] == pytest.approx(ref[m])
+    cfg = scoring.load_config(overrides=fast)
+    assert mine.scores == pytest.approx(scoring.score(mine.metrics, mine.timings, base.timings, cfg))
+    for name, reason in (("too_many", "at most k=10"), ("no_build", "no function build")):
+        _, bad = score_locally(tmp_path / f"{name}.py", demo_dataset, overrides=fast, baseline=tmp_path / "honest.py")
+        assert bad.status == "failed" and reason in bad.reason and bad.scores["score"] == 0.0
+    with pytest.raises(CbirError, match="does not exist"):
+        score_locally(tmp_path / "missing.py", demo_dataset)
