@@ -1,13 +1,15 @@
 """``cbir compare``: several configurations on one dataset, one table of quality and speed.
 
-A configuration is a string of ``key=value`` pairs separated by commas, each key a keyword
-argument of :func:`cbir_kit.evaluate.evaluate`; ``exact`` (or an empty string) means the
-defaults.  Examples::
+A configuration is a string of ``key=value`` pairs separated by commas, each key a retrieval
+method option (a field of :class:`cbir_kit.retrieval.Methods`, the ``cbir evaluate`` flags) or
+``head``; ``exact`` (or an empty string) means the defaults.  A comma followed by a part without
+``=`` continues the previous value, so faiss factory strings keep their commas.  Examples::
 
     exact
     index=HNSW32
+    index=IVF64,Flat,nprobe=8
     hash=itq:64,shortlist=200
-    rerank=kreciprocal,qe=alpha
+    rerank=kreciprocal,qe=aqe:5
 
 Values that look like integers, floats or booleans (``true`` / ``false``) are converted.
 All configurations share the dataset, model and feature cache, so features are extracted
@@ -15,6 +17,7 @@ once and the other runs load them (``cache_hit`` in the table says which).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 from .errors import CbirError
@@ -35,11 +38,19 @@ def _convert(value: str):
     return value
 
 
+def method_keys() -> list[str]:
+    """The retrieval-method keys: the fields of :class:`~cbir_kit.retrieval.Methods`."""
+    from .retrieval import Methods
+
+    return [field.name for field in dataclasses.fields(Methods)]
+
+
 def config_keys() -> list[str]:
-    """The keys a configuration may set: evaluate()'s keyword arguments minus the shared ones."""
+    """The keys a configuration may set: the method keys and evaluate()'s own per-run arguments."""
     from .evaluate import evaluate
 
-    return [name for name in inspect.signature(evaluate).parameters if name not in SHARED]
+    own = [name for name in inspect.signature(evaluate).parameters if name not in SHARED and name != "methods"]
+    return method_keys() + own
 
 
 def parse_config(text: str) -> dict:
@@ -48,19 +59,37 @@ def parse_config(text: str) -> dict:
     if text in ("", "exact"):
         return {}
     allowed = config_keys()
-    out = {}
+    pairs: list[list[str]] = []
     for part in text.split(","):
         key, sep, value = part.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
+        if sep:
+            pairs.append([key.strip().replace("-", "_"), value.strip()])
+        elif pairs:  # "index=IVF64,Flat": the comma belongs to the value
+            pairs[-1][1] += "," + part.strip()
+        else:
             raise CbirError(f"configuration {text!r}: {part!r} is not key=value; write e.g. index=HNSW32")
+    out = {}
+    for key, value in pairs:
         if key not in allowed:
             raise CbirError(f"configuration {text!r}: unknown key {key!r}; this version knows "
-                            f"{', '.join(allowed) or 'none'} (the dataset, model and k are set once for all)")
+                            f"{', '.join(allowed)} (the dataset, model and k are set once for all)")
         if key in out:
             raise CbirError(f"configuration {text!r}: {key!r} is given twice")
-        out[key] = _convert(value.strip())
+        out[key] = _convert(value)
     return out
+
+
+def evaluate_kwargs(config: dict) -> dict:
+    """A parsed configuration as evaluate() arguments: method keys gathered into ``methods``."""
+    from .retrieval import Methods
+
+    names = set(method_keys())
+    methods = {key: value for key, value in config.items() if key in names}
+    kwargs = {key: value for key, value in config.items() if key not in names}
+    if methods:
+        kwargs["methods"] = Methods(**methods)
+        kwargs["methods"].check()
+    return kwargs
 
 
 def compare(configs, dataset="demo", labels=None, **shared) -> list:
@@ -77,7 +106,7 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
     unknown = set(shared) - set(SHARED)
     if unknown:
         raise CbirError(f"compare: {sorted(unknown)} belong in a configuration string, not in the shared arguments")
-    parsed = [parse_config(c) for c in configs]  # all checked before the first (slow) run
+    parsed = [evaluate_kwargs(parse_config(c)) for c in configs]  # all checked before the first (slow) run
     labels = list(labels) if labels is not None else [c.strip() or "exact" for c in configs]
     results = []
     for kwargs, label in zip(parsed, labels):

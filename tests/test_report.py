@@ -50,11 +50,12 @@ def test_cli_evaluate_report_writes_markdown_and_pngs(demo_features, tmp_path, c
     assert (out / "queries.png").stat().st_size > 10_000
 
 
-def test_parse_config(monkeypatch):
+def test_parse_config():
     assert parse_config("exact") == {} and parse_config("") == {}
-    monkeypatch.setattr("cbir_kit.compare.config_keys", lambda: ["index", "hash", "shortlist", "rerank"])
     assert parse_config("hash=itq:64,shortlist=200") == {"hash": "itq:64", "shortlist": 200}
-    assert parse_config("index=HNSW32, rerank=true") == {"index": "HNSW32", "rerank": True}
+    assert parse_config("index=HNSW32, tta_gallery=true") == {"index": "HNSW32", "tta_gallery": True}
+    assert parse_config("index=IVF64,Flat,nprobe=8") == {"index": "IVF64,Flat", "nprobe": 8}
+    assert parse_config("ef-search=64") == {"ef_search": 64}
     with pytest.raises(CbirError, match="unknown key 'colour'"):
         parse_config("colour=blue")
     with pytest.raises(CbirError, match="not key=value"):
@@ -63,14 +64,34 @@ def test_parse_config(monkeypatch):
         parse_config("index=a,index=b")
 
 
-def test_config_keys_are_evaluate_keywords():
+def test_config_keys_are_the_method_flags_and_evaluate_keywords():
+    import dataclasses
     import inspect
 
-    keys = config_keys()
-    params = inspect.signature(evaluate).parameters
-    assert set(keys) <= set(params) and "model" not in keys and "dataset" not in keys
+    from cbir_kit.retrieval import Methods
+
+    keys = set(config_keys())
+    own = set(inspect.signature(evaluate).parameters) - {"methods"}
+    assert keys == {f.name for f in dataclasses.fields(Methods)} | (own & keys)
+    assert "head" in keys and "model" not in keys and "dataset" not in keys and "methods" not in keys
     with pytest.raises(CbirError, match="dataset, model and k"):
         parse_config("model=resnet18")
+
+
+def test_compare_runs_methods_beside_exact(demo_features):
+    results = compare(["exact", "index=IVF8,Flat,nprobe=8", "hash=itq:16,shortlist=20"], dataset="demo", k=5,
+                      progress=False)
+    exact, ivf, hashed = results
+    assert exact.config.get("exact_metrics") is None
+    assert ivf.config["exact_metrics"]["mAP"] == pytest.approx(exact.metrics["mAP"])
+    assert hashed.config["exact_metrics"]["mAP"] == pytest.approx(exact.metrics["mAP"])
+    # nprobe = number of lists: IVF scans everything, so it returns the exact ranking's top 5
+    assert ivf.metrics["P@5"] == pytest.approx(exact.metrics["P@5"])
+    assert ivf.metrics["recall@5_vs_exact"] == pytest.approx(1.0)
+    assert hashed.config["hash"] == {"codes": "itq:16", "shortlist": 20, "default_shortlist": False}
+    assert 0 < hashed.metrics["shortlist_recall@5"] <= 1
+    with pytest.raises(CbirError, match="--shortlist needs --hash"):  # checked before any run
+        compare(["exact", "shortlist=20"], dataset="demo")
 
 
 def test_compare_runs_each_config_and_reports(demo_features, tmp_path):
