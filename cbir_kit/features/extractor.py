@@ -14,12 +14,20 @@ How the pipeline is made fast (each choice measured by ``cbir bench extract``):
 * Decoding and the PIL part of the preprocessing (resize, crop) run in ``num_workers``
   threads, a few batches ahead of the model; PIL releases the GIL while it works.
 * The tensor part of the preprocessing (``ToTensor`` then ``Normalize``) is done once per
-  batch in the main thread, on uint8 pixels: ``x = (u8 / 255 - mean) / std``, the same
-  float32 operations in the same order as torchvision's transforms, hence bit-identical
-  input tensors.  Worker threads therefore never call torch, so they never start OpenMP
-  thread teams of their own that would compete with the model's threads for the cores.
-* The model runs under ``torch.inference_mode`` with ``num_threads`` intra-op threads,
-  CNNs in channels-last memory format (the uint8 batch is channels-last already).
+  batch, on uint8 pixels: ``x = (u8 / 255 - mean) / std``, the same float32 operations in
+  the same order as torchvision's transforms, hence bit-identical input tensors.  Decoding
+  threads never call torch, so they never start OpenMP thread teams of their own.
+* The network is rewritten for inference (:mod:`.inference`): BatchNorm folded into the
+  convolutions and, on the CPU in fp32, traced, frozen and oneDNN-optimised (fused
+  convolution + bias + activation, pre-packed weights); the rewrite is checked against the
+  original network on the first batch of each input size.  EfficientNet-Lite0 model alone,
+  one thread: 18.4 -> 12.5 CPU ms per image.  ``backbone.model`` itself is never changed.
+* ``streams`` batches go through the network at once, each in its own thread with
+  ``num_threads // streams`` intra-op threads (default on the CPU: one stream per thread,
+  one thread each).  Separate single-threaded forward passes need no OpenMP barrier per
+  layer, which on a shared 2-core machine costs more than the layer itself at small sizes.
+* The model runs under ``torch.inference_mode``, CNNs in channels-last memory format (the
+  uint8 batch is channels-last already).
 * glibc's allocator is told to keep large blocks (:func:`keep_large_allocations`): by
   default a large activation (dynamic threshold, up to 32 MB) is a fresh ``mmap`` that the
   kernel zero-fills page by page (minor faults, counted as sys time) and unmaps after each
@@ -32,6 +40,7 @@ How the pipeline is made fast (each choice measured by ``cbir bench extract``):
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -47,14 +56,16 @@ from tqdm.auto import tqdm
 
 from ..errors import CbirError
 from ..images import ImageLoadError, ImageRef, describe, open_image
+from .inference import close_enough, inference_copy, optimize_for_cpu
 from .models import Backbone, build_backbone, check_spec, preprocess_id
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-# Images per forward pass.  EfficientNet-Lite0 on the 2-core CPU, model alone, CPU ms per
-# image (interleaved runs): batch 1: 267, 4: 114, 8: 96, 16: 59, 32: 38.  The larger models
-# keep peak memory in check with 16.  `cbir bench extract --batch-sizes 1,4,8,16,32` re-measures.
-DEFAULT_BATCH_SIZE = {"efficientnet_lite0": 32, "resnet18": 32, "resnet50": 16, "clip": 16}
+# Images per forward pass (per stream).  EfficientNet-Lite0, oneDNN-frozen, one thread, CPU
+# ms per image: batch 1: 16.0, 4: 12.4, 8: 12.7, 16: 12.7, 32: 12.5, 64: 15.2 (activations
+# outgrow the cache).  Two streams hold two batches of activations, so the smallest batch
+# on the flat part is taken.  `cbir bench extract --batch-sizes 1,4,8,16,32` re-measures.
+DEFAULT_BATCH_SIZE = {"efficientnet_lite0": 8, "resnet18": 8, "resnet50": 8, "clip": 8}
 
 
 def default_batch_size(spec: str) -> int:
@@ -204,14 +215,17 @@ class Extractor:
 
     ``batch_size`` None takes the measured per-model default (:data:`DEFAULT_BATCH_SIZE`);
     ``num_workers`` decoding threads (default: the number of cores, at most 4);
-    ``num_threads`` intra-op threads for the model (default: the number of cores).
+    ``num_threads`` torch threads in all (default: the number of cores), shared by
+    ``streams`` concurrent forward passes (default: ``num_threads`` on the CPU, else 1).
+    ``optimize`` False runs the network as built (no BatchNorm folding, no freezing).
     The network is built lazily, on the first call that needs it, so a run that finds its
     features in the cache never loads the model.
     """
 
     def __init__(self, spec: str, device: str = "auto", pretrained: bool = True,
                  batch_size: int | None = None, num_workers: int | None = None,
-                 num_threads: int | None = None, precision: str = "auto", prefetch_batches: int = 2):
+                 num_threads: int | None = None, precision: str = "auto", prefetch_batches: int = 2,
+                 streams: int | None = None, optimize: bool = True):
         self.spec = spec
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -224,9 +238,16 @@ class Extractor:
         self.num_threads = int(num_threads or cores)
         if self.num_workers < 1 or self.num_threads < 1:
             raise CbirError(f"--workers and threads must be at least 1; got {num_workers}, {num_threads}")
+        self.streams = int(streams or (self.num_threads if self.device.type == "cpu" else 1))
+        if self.streams < 1:
+            raise CbirError(f"streams must be at least 1; got {streams}")
+        self.threads_per_stream = max(1, self.num_threads // self.streams)
         self.prefetch_batches = max(1, int(prefetch_batches))
+        self.optimize = bool(optimize)
         self._backbone: Backbone | None = None
         self._split: SplitPreprocess | None = None
+        self._runners: dict[tuple, Callable] = {}
+        self._runner_lock = threading.Lock()
 
     @property
     def backbone(self) -> Backbone:
@@ -277,7 +298,7 @@ class Extractor:
                        else uint8_batch_to_input(torch.from_numpy(a)[None], split.mean, split.std)[0]
                        for a in loaded]
             x = torch.stack(tensors).to(self.device)
-        if self.backbone.channels_last and x.dim() == 4 and self.device.type != "mps":
+        if self._channels_last() and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -288,14 +309,41 @@ class Extractor:
             return torch.autocast("cuda", dtype=torch.float16)
         return nullcontext()
 
+    def _channels_last(self) -> bool:
+        return self.backbone.channels_last and self.device.type != "mps"
+
+    def runner(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network rewritten for inference (:mod:`.inference`) for batches shaped like ``x``.
+
+        Built on first use per input size (C, H, W) from ``x``: a BatchNorm-folded copy and,
+        on the CPU in fp32, its oneDNN-frozen trace; either is kept only if it reproduces
+        the original network's output on ``x`` (:func:`close_enough`).
+        """
+        bb = self.backbone
+        if not self.optimize:
+            return bb.model
+        key = tuple(x.shape[1:])
+        with self._runner_lock:
+            run = self._runners.get(key)
+            if run is not None:
+                return run
+            fast = inference_copy(bb.model, self._channels_last())
+            with torch.inference_mode(), self._autocast():
+                reference = bb.model(x)
+                run = fast if close_enough(fast(x), reference) else bb.model
+            if run is fast and self.device.type == "cpu" and self.precision == "fp32":
+                run = optimize_for_cpu(fast, x, reference)
+            self._runners[key] = run
+            return run
+
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward one preprocessed (B, 3, H, W) batch; L2-normalised float32 features on the CPU."""
-        bb = self.backbone
         x = batch.to(self.device, non_blocking=True)
-        if bb.channels_last and x.dim() == 4 and self.device.type != "mps":
+        if self._channels_last() and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        run = self.runner(x)
         with torch.inference_mode(), self._autocast():
-            out = bb.model(x)
+            out = run(x)
         return F.normalize(out.float(), dim=1).cpu()
 
     @staticmethod
@@ -316,51 +364,64 @@ class Extractor:
         """``[start, stop)`` cut into ``batch_size`` pieces, the last one possibly shorter."""
         return [(a, min(a + self.batch_size, stop)) for a in range(start, stop, self.batch_size)]
 
+    def _embed_range(self, images: Sequence[ImageRef], a: int, b: int, loads: list[Future]) -> Batch:
+        """Forward thread: wait for the decoded images ``a..b``, embed them, mark the failures."""
+        loaded = [f.result() for f in loads]
+        vectors = np.full((b - a, self.dim), np.nan, dtype=np.float32)
+        ok = np.zeros(b - a, dtype=bool)
+        failures = [(a + i, describe(images[a + i]), t) for i, t in enumerate(loaded) if isinstance(t, str)]
+        good = [i for i, t in enumerate(loaded) if not isinstance(t, str)]
+        if good:
+            x = self._to_input([loaded[i] for i in good])
+            vectors[good] = self.embed_batch(x).numpy()
+            ok[good] = True
+            failures += self._reject_degenerate(images, a, vectors, ok)
+            failures.sort()
+        return Batch(a, b, vectors, ok, failures)
+
     def stream(self, images: Sequence[ImageRef], ranges: Sequence[tuple[int, int]],
                bar: tqdm | None = None) -> Iterator[Batch]:
         """Embed ``images[a:b]`` for each ``(a, b)`` in ``ranges``, yielding one Batch each, in order.
 
-        Decoding runs ``prefetch_batches`` ranges ahead of the model in the worker threads;
-        at most that many batches of pixels are in memory at once.
+        ``streams`` ranges are in the network at once, and decoding runs up to
+        ``prefetch_batches`` ranges ahead of them; at most ``streams + prefetch_batches``
+        batches of pixels and features are in memory at once.
         """
-        dim = self.dim
-        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cbir-decode") as pool, \
-                torch_threads(self.num_threads if self.device.type == "cpu" else None):
-            queue: deque[tuple[int, int, list[Future]]] = deque()
+        _ = self.backbone  # build the network before the threads start
+        cpu = self.device.type == "cpu"
+        threads = self.threads_per_stream if cpu else None
+        # torch.set_num_threads in each forward thread: OpenMP keeps a thread count per thread
+        with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cbir-decode") as decode, \
+                ThreadPoolExecutor(self.streams, thread_name_prefix="cbir-forward",
+                                   initializer=torch.set_num_threads if cpu else None,
+                                   initargs=(threads,) if cpu else ()) as forward, \
+                torch_threads(threads):
+            queue: deque[tuple[Future, list[Future]]] = deque()
             todo = iter(ranges)
 
             def refill():
-                while len(queue) < self.prefetch_batches + 1:
+                while len(queue) < self.prefetch_batches + self.streams:
                     nxt = next(todo, None)
                     if nxt is None:
                         return
                     a, b = nxt
-                    queue.append((a, b, [pool.submit(self._load, images[i]) for i in range(a, b)]))
+                    loads = [decode.submit(self._load, images[i]) for i in range(a, b)]
+                    queue.append((forward.submit(self._embed_range, images, a, b, loads), loads))
 
             try:
                 refill()
                 while queue:
-                    a, b, futures = queue.popleft()
-                    loaded = [f.result() for f in futures]
+                    batch = queue[0][0].result()
+                    queue.popleft()
                     refill()
-                    vectors = np.full((b - a, dim), np.nan, dtype=np.float32)
-                    ok = np.zeros(b - a, dtype=bool)
-                    failures = [(a + i, describe(images[a + i]), t) for i, t in enumerate(loaded)
-                                if isinstance(t, str)]
-                    good = [i for i, t in enumerate(loaded) if not isinstance(t, str)]
-                    if good:
-                        x = self._to_input([loaded[i] for i in good])
-                        vectors[good] = self.embed_batch(x).numpy()
-                        ok[good] = True
-                        failures += self._reject_degenerate(images, a, vectors, ok)
-                        failures.sort()
                     if bar is not None:
-                        bar.update(b - a)
-                    yield Batch(a, b, vectors, ok, failures)
+                        bar.update(batch.stop - batch.start)
+                    yield batch
             finally:
-                for _, _, futures in queue:
-                    for f in futures:
+                for job, loads in queue:
+                    for f in loads:
                         f.cancel()
+                    job.cancel()
 
     def extract(self, images: Sequence[ImageRef], progress: bool = True, desc: str = "extract") -> Features:
         """Embed all ``images`` in memory (the feature cache streams to disk instead)."""
@@ -378,8 +439,9 @@ class Extractor:
 
 def create_extractor(spec: str = "efficientnet_lite0", device: str = "auto", pretrained: bool = True,
                      batch_size: int | None = None, num_workers: int | None = None,
-                     num_threads: int | None = None, precision: str = "auto") -> Extractor:
+                     num_threads: int | None = None, precision: str = "auto", streams: int | None = None,
+                     optimize: bool = True) -> Extractor:
     """The one factory for feature extractors; ``spec`` as in :mod:`cbir_kit.features.models`."""
     check_spec(spec)
     return Extractor(spec, device=device, pretrained=pretrained, batch_size=batch_size, num_workers=num_workers,
-                     num_threads=num_threads, precision=precision)
+                     num_threads=num_threads, precision=precision, streams=streams, optimize=optimize)
