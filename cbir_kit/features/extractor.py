@@ -67,6 +67,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # on the flat part is taken.  `cbir bench extract --batch-sizes 1,4,8,16,32` re-measures.
 DEFAULT_BATCH_SIZE = {"efficientnet_lite0": 8, "resnet18": 8, "resnet50": 8, "clip": 8}
 
+# Tracing, freezing and checking a network costs about as much as embedding a few dozen
+# images, so a :meth:`Extractor.stream` call over fewer images keeps the (folded) eager network.
+FREEZE_MIN_IMAGES = 64
+
 
 def default_batch_size(spec: str) -> int:
     """The measured default batch size for a model spec (``clip:*`` share one entry)."""
@@ -246,8 +250,9 @@ class Extractor:
         self.optimize = bool(optimize)
         self._backbone: Backbone | None = None
         self._split: SplitPreprocess | None = None
-        self._runners: dict[tuple, Callable] = {}
+        self._runners: dict[tuple, tuple[Callable, bool]] = {}  # (C, H, W) -> (network, freezing tried)
         self._runner_lock = threading.Lock()
+        self._freeze = True
 
     @property
     def backbone(self) -> Backbone:
@@ -316,25 +321,41 @@ class Extractor:
         """The network rewritten for inference (:mod:`.inference`) for batches shaped like ``x``.
 
         Built on first use per input size (C, H, W) from ``x``: a BatchNorm-folded copy and,
-        on the CPU in fp32, its oneDNN-frozen trace; either is kept only if it reproduces
-        the original network's output on ``x`` (:func:`close_enough`).
+        on the CPU in fp32 (unless a short :meth:`stream` call said not to), its
+        oneDNN-frozen trace; either is kept only if it reproduces the original network's
+        output on ``x`` (:func:`close_enough`).
         """
         bb = self.backbone
         if not self.optimize:
             return bb.model
         key = tuple(x.shape[1:])
+        freeze = self._freeze and self.device.type == "cpu" and self.precision == "fp32"
         with self._runner_lock:
-            run = self._runners.get(key)
-            if run is not None:
+            run, tried = self._runners.get(key, (None, False))
+            if run is not None and (tried or not freeze):
                 return run
-            fast = inference_copy(bb.model, self._channels_last())
-            with torch.inference_mode(), self._autocast():
-                reference = bb.model(x)
-                run = fast if close_enough(fast(x), reference) else bb.model
-            if run is fast and self.device.type == "cpu" and self.precision == "fp32":
-                run = optimize_for_cpu(fast, x, reference)
-            self._runners[key] = run
+            reference = None
+            if run is None:
+                fast = inference_copy(bb.model, self._channels_last())
+                with torch.inference_mode(), self._autocast():
+                    reference = bb.model(x)
+                    run = fast if close_enough(fast(x), reference) else bb.model
+            if freeze and run is not bb.model:
+                if reference is None:
+                    with torch.inference_mode(), self._autocast():
+                        reference = bb.model(x)
+                run = optimize_for_cpu(run, x, reference)
+            self._runners[key] = (run, freeze)
             return run
+
+    def network_kind(self) -> str:
+        """What runs the forward passes so far: ``oneDNN-frozen``, ``BatchNorm-folded`` or ``as built``."""
+        runs = [run for run, _ in self._runners.values()]
+        if runs and all(isinstance(run, torch.jit.ScriptModule) for run in runs):
+            return "oneDNN-frozen"
+        if runs and all(run is not self.backbone.model for run in runs):
+            return "BatchNorm-folded"
+        return "as built"
 
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward one preprocessed (B, 3, H, W) batch; L2-normalised float32 features on the CPU."""
@@ -389,6 +410,7 @@ class Extractor:
         """
         _ = self.backbone  # build the network before the threads start
         cpu = self.device.type == "cpu"
+        freeze, self._freeze = self._freeze, sum(b - a for a, b in ranges) >= FREEZE_MIN_IMAGES
         threads = self.threads_per_stream if cpu else None
         # torch.set_num_threads in each forward thread: OpenMP keeps a thread count per thread
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cbir-decode") as decode, \
@@ -422,6 +444,7 @@ class Extractor:
                     for f in loads:
                         f.cancel()
                     job.cancel()
+                self._freeze = freeze
 
     def extract(self, images: Sequence[ImageRef], progress: bool = True, desc: str = "extract") -> Features:
         """Embed all ``images`` in memory (the feature cache streams to disk instead)."""

@@ -13,12 +13,13 @@
 from .checkpoint import TrainedHead, load_head, save_head
 from .data import pk_batches, stratified_split
 from .fit import FitResult, HeadConfig, fit_head
-from .hash_retrieval import algo2_hash_search, algo2_search, hamming_distances, hamming_recall_at_k
+from .hash_retrieval import (algo2_hash_search, algo2_search, hamming_distances, hamming_recall_at_k,
+                             leave_one_out_shortlist_recall, shortlist_recall_at_k)
 from .heads import HashHead, ProjectionHead
 from .losses import LOSSES, class_targets, cosine_target_loss, make_loss
 from .run import TrainResult, train
 
 __all__ = ["FitResult", "HashHead", "HeadConfig", "LOSSES", "ProjectionHead", "TrainResult", "TrainedHead",
            "algo2_hash_search", "algo2_search", "class_targets", "cosine_target_loss", "fit_head",
-           "hamming_distances", "hamming_recall_at_k", "load_head", "make_loss", "pk_batches", "save_head",
-           "stratified_split", "train"]
+           "hamming_distances", "hamming_recall_at_k", "leave_one_out_shortlist_recall", "load_head", "make_loss",
+           "pk_batches", "save_head", "shortlist_recall_at_k", "stratified_split", "train"]

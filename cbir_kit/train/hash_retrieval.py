@@ -7,6 +7,11 @@ d_H(a, b) = popcount(a XOR b) and the shortlist recall.
 * "Algo 2": L2-normalise the semantic embeddings, score = e_q . e_g (one matrix product), top k.
 * "Algo 2 + hashes": shortlist the ``shortlist`` gallery items nearest in Hamming distance
   (default 2k; ties go to the lower gallery id), then Algo 2 on the shortlist only.
+* :func:`shortlist_recall_at_k`: the share of the exact top k by cosine of *float features*
+  (the same frozen features for every code maker being compared) that lies inside the 2k
+  codes nearest in Hamming distance (ties -> lower gallery id), averaged over queries:
+  (1 / Q) sum_q |Hamming_2k(q) ∩ Exact_k(q)| / k, as :func:`cbir_kit.index.hashing.shortlist_recall`.
+  :func:`leave_one_out_shortlist_recall` is the same with queries drawn from the pool itself.
 * :func:`hamming_recall_at_k`: R@k of the pure Hamming ranking, with ties at the k-th
   distance broken at random *in expectation*: if n_< items lie strictly closer than the k-th
   distance d_k and n_= lie at d_k, of which h_< and h_= are relevant, the expected hits are
@@ -54,6 +59,30 @@ def algo2_hash_search(query_codes, gallery_codes, query_emb, gallery_emb, k: int
     scores = np.einsum("qd,qsd->qs", q, g[cand])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :min(k, shortlist)]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(cand, order, axis=1)
+
+
+def shortlist_recall_at_k(query_codes, gallery_codes, query_feats, gallery_feats, k: int = 10) -> float:
+    """Share of the exact float top k inside the 2k nearest codes (module docstring)."""
+    from ..index.hashing import shortlist_recall
+
+    dist = hamming_distances(query_codes, gallery_codes)
+    shortlist = np.argsort(dist, axis=1, kind="stable")[:, :2 * k]
+    return shortlist_recall(shortlist, algo2_search(query_feats, gallery_feats, k)[1])
+
+
+def leave_one_out_shortlist_recall(codes, feats, rows, k: int = 10) -> float:
+    """:func:`shortlist_recall_at_k` of pool items ``rows`` against the pool minus each query itself."""
+    from ..index.hashing import shortlist_recall
+
+    rows = np.asarray(rows)
+    dist = hamming_distances(np.asarray(codes)[rows], codes).astype(np.float64)
+    dist[np.arange(len(rows)), rows] = np.inf
+    f = _normalise(feats)
+    sim = f[rows] @ f.T
+    sim[np.arange(len(rows)), rows] = -np.inf
+    shortlist = np.argsort(dist, axis=1, kind="stable")[:, :2 * k]
+    exact = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return shortlist_recall(shortlist, exact)
 
 
 def hamming_recall_at_k(query_codes, gallery_codes, query_labels, gallery_labels, k: int = 10) -> float:

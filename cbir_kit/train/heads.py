@@ -13,6 +13,10 @@
     b = [h > 0.5]                  (the binary code)
     s = W_s h + b_s                (the semantic embedding, trained toward class targets)
     e = s / ||s||_2                ("Algo 2" searches these with inner products)
+
+:meth:`HashHead.init_from_projection` starts the hash layer at a sign hash b = [(x - mu) P > 0]
+(e.g. ITQ's mean and projection): W_h = a P^T, b_h = -a mu P, so h > 0.5 exactly when
+(x - mu) P > 0; the gain a > 0 sets how far the sigmoid is from saturation.
 """
 from __future__ import annotations
 
@@ -54,6 +58,14 @@ class HashHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.sigmoid(self.hash(x))
         return h, F.normalize(self.semantic(h), dim=1)
+
+    @torch.no_grad()
+    def init_from_projection(self, mean, projection, gain: float) -> None:
+        """Set W_h = gain * P^T and b_h = -gain * mu P for ``mean`` (D,) and ``projection`` (D, n_bits)."""
+        p = torch.as_tensor(projection, dtype=torch.float32)
+        mu = torch.as_tensor(mean, dtype=torch.float32)
+        self.hash.weight.copy_(gain * p.T)
+        self.hash.bias.copy_(-gain * (mu @ p))
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,18 @@ pair losses, batch-hard for the triplet loss) keeps the informative ones.
 
 The hash recipe trains against fixed class targets: :func:`class_targets` builds them from
 a class hierarchy and :func:`cosine_target_loss` is L = mean_i (1 - cos(e_i, t_{y_i})).
+
+The hash layer's own terms act on the sigmoid outputs h in (0, 1)^B, relaxed to
+u = 2h - 1 in (-1, 1)^B, so that for binary codes u_i . u_j = B - 2 d_H(i, j):
+
+* :func:`neighbour_code_loss` (Hamming ranking): for anchor i and reference items j != i,
+  target  p_ij = softmax_j( (cos(x_i, x_j) + beta [y_i = y_j]) / tau_f )  from the frozen
+  features x (beta > 0 ranks an item's same-class neighbours first), model
+  q_ij = softmax_j( u_i . u_j / tau_h ), and L = mean_i sum_j -p_ij log q_ij (cross-entropy,
+  = KL(p_i || q_i) + const), so the codes keep each item's nearest neighbours nearest in
+  Hamming distance.
+* :func:`quantisation_loss`: L = mean (1 - u^2) = mean 4 h (1 - h), pushing h to 0 or 1 so
+  that thresholding at 0.5 changes little.
 """
 from __future__ import annotations
 
@@ -78,3 +90,25 @@ def class_targets(class_names, hierarchy: dict | None = None, coarse_weight: flo
 def cosine_target_loss(embeddings: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """L = mean_i (1 - cos(e_i, t_{y_i})) for embeddings (B, D), integer labels (B,), targets (C, D)."""
     return (1.0 - F.cosine_similarity(embeddings, targets[labels], dim=1)).mean()
+
+
+def neighbour_code_loss(h_anchor: torch.Tensor, h_ref: torch.Tensor, x_anchor: torch.Tensor,
+                        x_ref: torch.Tensor, y_anchor: torch.Tensor, y_ref: torch.Tensor, self_mask: torch.Tensor,
+                        label_bonus: float = 0.3, feature_temp: float = 0.05,
+                        code_temp: float = 4.0) -> torch.Tensor:
+    """Cross-entropy of the frozen-feature neighbour distribution and the relaxed-code one (module doc).
+
+    ``h_anchor`` (A, B) and ``h_ref`` (R, B) are sigmoid outputs, ``x_*`` the frozen features,
+    ``y_*`` integer labels, ``self_mask`` (A, R) True where the reference item is the anchor itself.
+    """
+    u_a, u_r = 2.0 * h_anchor - 1.0, 2.0 * h_ref - 1.0
+    sim = F.normalize(x_anchor, dim=1) @ F.normalize(x_ref, dim=1).T
+    sim = sim + label_bonus * (y_anchor[:, None] == y_ref[None, :]).float()
+    target = F.softmax((sim / feature_temp).masked_fill(self_mask, float("-inf")), dim=1)
+    log_q = F.log_softmax((u_a @ u_r.T / code_temp).masked_fill(self_mask, float("-inf")), dim=1)
+    return -(target * log_q.masked_fill(self_mask, 0.0)).sum(dim=1).mean()
+
+
+def quantisation_loss(h: torch.Tensor) -> torch.Tensor:
+    """L = mean (1 - (2h - 1)^2): zero when every sigmoid output is 0 or 1."""
+    return (1.0 - (2.0 * h - 1.0) ** 2).mean()

@@ -17,9 +17,14 @@ Protocol (stated in every run's output):
 
 For a hash head the run also reports "Algo 2" and "Algo 2 + hashes" (shortlist 2k) with
 the binary-hash project's mAP@k (AP@k/k) and mAHP@k, and compares the learned codes with
-ITQ codes of the same length (fitted on the frozen training features) by the shortlist
-recall@10 (the share of the exact float top 10 - learned embedding resp. frozen features -
-inside the 2k = 20 nearest codes) and by the tie-aware R@10 of the Hamming ranking.
+ITQ codes of the same length (fitted on the frozen features of the training images, the
+same ones the head was fitted on, with the run's seed) on the same test queries and
+held-out gallery, by
+
+* shortlist recall@10: the share of the frozen features' exact top 10 (cosine) inside the
+  2k = 20 gallery items nearest in Hamming distance, the same exact top 10 for both code
+  makers (:func:`~cbir_kit.train.hash_retrieval.shortlist_recall_at_k`); and
+* R@10 of the Hamming ranking by class labels, ties at the 10th distance averaged.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from ..index import ExactIndex
 from .checkpoint import TrainedHead, save_head
 from .data import stratified_split
 from .fit import FitResult, HeadConfig, fit_head
-from .hash_retrieval import algo2_hash_search, algo2_search, hamming_distances, hamming_recall_at_k
+from .hash_retrieval import algo2_hash_search, algo2_search, hamming_recall_at_k, shortlist_recall_at_k
 from .losses import class_targets
 
 HASH_KS = (5, 10, 25)
@@ -74,7 +79,10 @@ class TrainResult:
                  f"protocol {p['description']}",
                  f"         train {p['n_train']}  validation {p['n_val']}  |  test: {p['n_test_queries']} queries "
                  f"x {p['n_test_gallery']} held-out gallery images  (seed {p['seed']})",
-                 f"stopped  epoch {self.fit.best_epoch} kept (best validation mAP {self.fit.best_val_map:.4f})"
+                 f"stopped  epoch {self.fit.best_epoch} kept (validation mAP {self.fit.best_val_map:.4f}"
+                 + (f", validation shortlist recall@10 "
+                    f"{self.fit.history['val_shortlist_recall@10'][self.fit.best_epoch - 1]:.4f})"
+                    if self.fit.config.kind == "hash" else ")")
                  + ("; stopped early" if self.fit.stopped_early else ""),
                  "", "metric        frozen    head"]
         for name in self.frozen:
@@ -84,9 +92,10 @@ class TrainResult:
                       "metric            Algo 2    Algo 2 + hashes (shortlist 2k)"]
             for name, value in self.hashing["algo2"].items():
                 lines.append(f"{name:<17} {value:.4f}    {self.hashing['algo2_hashes'][name]:.4f}")
-            lines.append(f"shortlist recall@10 (2k = 20 by Hamming, vs the exact float top 10): learned codes "
+            lines.append(f"shortlist recall@10 (20 nearest codes vs the frozen features' exact top 10): learned codes "
                          f"{self.hashing['shortlist_recall@10_learned']:.4f}, "
-                         f"ITQ on the frozen features {self.hashing['shortlist_recall@10_itq']:.4f}")
+                         f"ITQ ({self.hashing['n_bits']} bits, fitted on the training images) "
+                         f"{self.hashing['shortlist_recall@10_itq']:.4f}")
             lines.append(f"Hamming ranking R@10 (same label, ties averaged): learned codes {self.hashing['hamming_R@10_learned']:.4f}, "
                          f"ITQ {self.hashing['hamming_R@10_itq']:.4f}")
         lines += ["", f"head     {self.head_path}"]
@@ -143,21 +152,13 @@ def save_curve(path, fit: FitResult, title: str) -> Path:
     return path
 
 
-def _shortlist_recall(q_codes, g_codes, q_float, g_float, k: int) -> float:
-    """|Hamming shortlist of 2k ∩ exact float top-k| / k (:func:`cbir_kit.index.hashing.shortlist_recall`)."""
-    from ..index.hashing import shortlist_recall
-
-    shortlist = np.argsort(hamming_distances(q_codes, g_codes), axis=1, kind="stable")[:, :2 * k]
-    return shortlist_recall(shortlist, algo2_search(q_float, g_float, k)[1])
-
-
 def _class_codes(labels, classes) -> np.ndarray:
     lookup = {c: i for i, c in enumerate(classes)}
     return np.array([lookup.get(c, -1) for c in np.asarray(labels).tolist()], np.int64)
 
 
 def _hash_report(th: TrainedHead, ds_test: Dataset, q_test, g_test, train_feats, hierarchy, seed) -> dict:
-    """Algo 2 vs Algo 2 + hashes (mAP@k, mAHP@k) and learned codes vs ITQ (Hamming R@10)."""
+    """Algo 2 vs Algo 2 + hashes (mAP@k, mAHP@k); learned codes vs ITQ (module docstring)."""
     q_emb, g_emb = th.apply(q_test), th.apply(g_test)
     q_codes, g_codes = th.codes(q_test), th.codes(g_test)
     labels = set(np.asarray(ds_test.gallery_labels).tolist()) | set(np.asarray(ds_test.query_labels).tolist())
@@ -178,8 +179,8 @@ def _hash_report(th: TrainedHead, ds_test: Dataset, q_test, g_test, train_feats,
 
     itq = ITQHasher(th.head.n_bits, seed=seed).fit(train_feats)
     itq_q, itq_g = itq.transform_bits(q_test), itq.transform_bits(g_test)
-    out["shortlist_recall@10_learned"] = _shortlist_recall(q_codes, g_codes, q_emb, g_emb, 10)
-    out["shortlist_recall@10_itq"] = _shortlist_recall(itq_q, itq_g, q_test, g_test, 10)
+    out["shortlist_recall@10_learned"] = shortlist_recall_at_k(q_codes, g_codes, q_test, g_test, 10)
+    out["shortlist_recall@10_itq"] = shortlist_recall_at_k(itq_q, itq_g, q_test, g_test, 10)
     out["hamming_R@10_learned"] = hamming_recall_at_k(q_codes, g_codes, ds_test.query_labels,
                                                       ds_test.gallery_labels, 10)
     out["hamming_R@10_itq"] = hamming_recall_at_k(itq_q, itq_g, ds_test.query_labels, ds_test.gallery_labels, 10)
