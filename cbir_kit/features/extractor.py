@@ -250,6 +250,7 @@ class Extractor:
         self.optimize = bool(optimize)
         self._backbone: Backbone | None = None
         self._split: SplitPreprocess | None = None
+        self._folded: torch.nn.Module | None = None
         self._runners: dict[tuple, tuple[Callable, bool]] = {}  # (C, H, W) -> (network, freezing tried)
         self._runner_lock = threading.Lock()
         self._freeze = True
@@ -317,6 +318,16 @@ class Extractor:
     def _channels_last(self) -> bool:
         return self.backbone.channels_last and self.device.type != "mps"
 
+    def folded_network(self) -> torch.nn.Module:
+        """The BatchNorm-folded copy of the network (built once).
+
+        Folding traces the network with ``torch.fx``, which patches ``nn.Module.__call__``
+        process-wide while it runs, so :meth:`stream` builds it before its threads start.
+        """
+        if self._folded is None:
+            self._folded = inference_copy(self.backbone.model, self._channels_last())
+        return self._folded
+
     def runner(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The network rewritten for inference (:mod:`.inference`) for batches shaped like ``x``.
 
@@ -336,7 +347,7 @@ class Extractor:
                 return run
             reference = None
             if run is None:
-                fast = inference_copy(bb.model, self._channels_last())
+                fast = self.folded_network()
                 with torch.inference_mode(), self._autocast():
                     reference = bb.model(x)
                     run = fast if close_enough(fast(x), reference) else bb.model
@@ -408,7 +419,10 @@ class Extractor:
         ``prefetch_batches`` ranges ahead of them; at most ``streams + prefetch_batches``
         batches of pixels and features are in memory at once.
         """
-        _ = self.backbone  # build the network before the threads start
+        if self.optimize:
+            self.folded_network()  # before the threads start (see there)
+        else:
+            _ = self.backbone
         cpu = self.device.type == "cpu"
         freeze, self._freeze = self._freeze, sum(b - a for a, b in ranges) >= FREEZE_MIN_IMAGES
         threads = self.threads_per_stream if cpu else None
