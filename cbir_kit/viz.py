@@ -15,18 +15,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend is the caller's: inline in notebooks, Agg when headless
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
-if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg", "widget",
-                                             "module://ipympl.backend_nbagg"):
-    matplotlib.use("Agg")  # headless by default; notebooks keep their inline backend
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from .errors import CbirError  # noqa: E402
-from .images import ImageLoadError, open_image  # noqa: E402
+from .errors import CbirError
+from .images import ImageLoadError, open_image
 
 RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
 MARKERS = ("o", "s", "^", "D", "v")

@@ -1,7 +1,7 @@
 """Leaderboard files of a challenge run: ``leaderboard.csv``, ``leaderboard.html``, ``results.json``.
 
 Rows are sorted by score (high first); failed submissions come last with their reason.  The
-HTML page embeds a quality-vs-speed scatter plot (PNG, matplotlib's Agg backend) and states
+HTML page embeds a quality-vs-speed scatter plot (PNG) and states
 the score formula with the weights of this run.
 """
 from __future__ import annotations
@@ -55,8 +55,6 @@ def _fmt(value) -> str:
 
 def scatter_png(table: list[dict], baseline: str) -> bytes:
     """Quality (y) against speed-up over the baseline (x, log scale) of the working submissions."""
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in table if r["status"] == "ok"]

@@ -122,9 +122,7 @@ def read_hierarchy(path) -> dict:
 
 
 def save_curve(path, fit: FitResult, title: str) -> Path:
-    """Loss and validation mAP per epoch as a PNG (matplotlib Agg), written atomically."""
-    import matplotlib
-    matplotlib.use("Agg")
+    """Loss and validation mAP per epoch as a PNG, written atomically."""
     import matplotlib.pyplot as plt
 
     h = fit.history
