@@ -13,8 +13,10 @@ from cbir_kit.datasets import Dataset
 from cbir_kit.errors import CbirError
 from cbir_kit.train import (HashHead, HeadConfig, ProjectionHead, TrainedHead, algo2_hash_search, algo2_search,
                             class_targets, cosine_target_loss, fit_head, hamming_distances,
-                            hamming_recall_at_k, load_head, make_loss, pk_batches, save_head, stratified_split)
-from cbir_kit.train.fit import leave_one_out_map, warmup_cosine
+                            hamming_recall_at_k, leave_one_out_shortlist_recall, load_head, make_loss, pk_batches,
+                            save_head, shortlist_recall_at_k, stratified_split)
+from cbir_kit.train.fit import _hash_start, leave_one_out_map, warmup_cosine
+from cbir_kit.train.losses import neighbour_code_loss, quantisation_loss
 
 COREL_HIERARCHY = {"beaches": "landscape", "mountains_and_snow": "landscape", "flowers": "nature",
                    "elephants": "animals", "horses": "animals", "dinosaurs": "animals", "bus": "man-made",
@@ -103,6 +105,74 @@ def test_cosine_target_loss_worked_example():
     emb = torch.tensor([[1.0, 0.0], [1.0, 1.0]]) / torch.tensor([[1.0], [math.sqrt(2)]])
     # cos = 1 for the first, 1/sqrt(2) for the second: L = ((1 - 1) + (1 - 0.7071)) / 2
     assert float(cosine_target_loss(emb, torch.tensor([0, 1]), targets)) == pytest.approx((1 - 2 ** -0.5) / 2)
+
+
+def test_neighbour_code_loss_matches_a_direct_transcription():
+    """p_ij = softmax_j((cos(x_i, x_j) + beta [y_i = y_j]) / tau_f), q_ij = softmax_j(u_i . u_j / tau_h), j != i."""
+    torch.manual_seed(3)
+    x, h = torch.randn(6, 5), torch.sigmoid(torch.randn(6, 8))
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    anchors = [1, 4]
+    beta, tf, th = 0.3, 0.1, 2.0
+    mask = torch.tensor(anchors)[:, None] == torch.arange(6)[None, :]
+    got = neighbour_code_loss(h[anchors], h, x[anchors], x, y[anchors], y, mask, beta, tf, th)
+    total = 0.0
+    for i in anchors:
+        others = [j for j in range(6) if j != i]
+        cos = torch.stack([torch.dot(x[i], x[j]) / (x[i].norm() * x[j].norm()) + beta * float(y[i] == y[j])
+                           for j in others])
+        dot = torch.stack([torch.dot(2 * h[i] - 1, 2 * h[j] - 1) for j in others])
+        p = torch.exp(cos / tf) / torch.exp(cos / tf).sum()
+        q = torch.exp(dot / th) / torch.exp(dot / th).sum()
+        total = total - (p * torch.log(q)).sum()
+    torch.testing.assert_close(got, total / len(anchors))
+
+
+def test_quantisation_loss_worked_example():
+    # 1 - (2h - 1)^2 = 0, 0, 1, 0.75 for h = 0, 1, 0.5, 0.25
+    assert float(quantisation_loss(torch.tensor([[0.0, 1.0], [0.5, 0.25]]))) == pytest.approx(1.75 / 4)
+
+
+def test_hash_head_starts_at_the_itq_codes():
+    from cbir_kit.index.hashing import ITQHasher
+
+    x, _ = clustered(4, 30, 24)
+    head = HashHead(24, n_bits=16, embed_dim=4)
+    cfg = HeadConfig(kind="hash", n_bits=16, seed=2)
+    _hash_start(head, torch.as_tensor(x), cfg)
+    itq = ITQHasher(16, seed=2).fit(x)
+    codes = head.codes(torch.as_tensor(x)).numpy().astype(np.uint8)
+    np.testing.assert_array_equal(codes, itq.transform_bits(x))
+    with pytest.raises(CbirError, match="multiple of 8"):
+        _hash_start(HashHead(24, 12, 4), torch.as_tensor(x), HeadConfig(kind="hash", n_bits=12))
+
+
+def test_shortlist_recalls_match_brute_force():
+    rng = np.random.default_rng(4)
+    feats, codes = rng.normal(size=(40, 6)), rng.integers(0, 2, (40, 16))
+    rows = np.array([3, 17, 25])
+    k = 3
+    found = []
+    for r in rows:
+        others = [j for j in range(40) if j != r]
+        dist = (codes[r] != codes).sum(axis=1)
+        cos = feats @ feats[r] / (np.linalg.norm(feats, axis=1) * np.linalg.norm(feats[r]))
+        shortlist = sorted(others, key=lambda j: (dist[j], j))[:2 * k]
+        exact = sorted(others, key=lambda j: (-cos[j], j))[:k]
+        found.append(len(set(shortlist) & set(exact)) / k)
+    assert leave_one_out_shortlist_recall(codes, feats, rows, k=k) == pytest.approx(np.mean(found))
+    # query/gallery form: the same recall with the queries outside the gallery
+    gal = np.setdiff1d(np.arange(40), rows)
+    expected = []
+    for r in rows:
+        dist = (codes[r] != codes[gal]).sum(axis=1)
+        cos = feats[gal] @ feats[r]
+        cos = cos / (np.linalg.norm(feats[gal], axis=1) * np.linalg.norm(feats[r]))
+        shortlist = sorted(range(len(gal)), key=lambda j: (dist[j], j))[:2 * k]
+        exact = sorted(range(len(gal)), key=lambda j: (-cos[j], j))[:k]
+        expected.append(len(set(shortlist) & set(exact)) / k)
+    got = shortlist_recall_at_k(codes[rows], codes[gal], feats[rows], feats[gal], k=k)
+    assert got == pytest.approx(np.mean(expected))
 
 
 # --- data, schedule -----------------------------------------------------------------
@@ -273,20 +343,27 @@ def test_corel_head_beats_frozen_and_evaluate_reproduces_it(corel_features, core
 
 
 @pytest.mark.shared_data
-def test_corel_learned_48_bit_hash_beats_itq(corel_features, corel_csv, tmp_path):
+def test_corel_learned_48_bit_hash_against_itq(corel_features, corel_csv, tmp_path):
+    """Learned 48-bit codes vs ITQ (48 bits, fitted on the same training images) on the same test part.
+
+    Measured over seeds 0, 1, 2 (default config): Hamming R@10 by label, learned 0.2044 +- 0.0015 vs
+    ITQ 0.1998 +- 0.0009 (learned ahead at every seed); shortlist recall@10 against the frozen
+    features' exact top 10, learned 0.794 +- 0.009 vs ITQ 0.793 +- 0.007 (a tie: seed 1 loses).
+    So only the label-based comparison is asserted as a win; the exact-top-10 one is held to a tie.
+    """
     from cbir_kit.train import train
 
-    result = train(f"csv:{corel_csv}", config=HeadConfig(kind="hash", n_bits=48, epochs=20),
+    result = train(f"csv:{corel_csv}", config=HeadConfig(kind="hash", n_bits=48),
                    out=tmp_path / "hash.pt", plot=False, hierarchy=COREL_HIERARCHY, device="cpu",
                    progress=False)
     h = result.hashing
     assert h["n_bits"] == 48
+    assert result.protocol["n_test_gallery"] == 450 and result.protocol["n_test_queries"] == 100
     assert h["hamming_R@10_learned"] > h["hamming_R@10_itq"]
-    # reported, not asserted: by the hashing module's shortlist recall@10 (share of the exact float
-    # top 10 inside the 20 nearest codes) the class-level learned codes do not beat ITQ
-    assert 0.0 <= h["shortlist_recall@10_learned"] <= 1.0 and 0.0 <= h["shortlist_recall@10_itq"] <= 1.0
-    assert result.trained["mAP"] > result.frozen["mAP"]
+    assert h["shortlist_recall@10_learned"] >= h["shortlist_recall@10_itq"] - 0.03
+    assert result.trained["mAP"] > result.frozen["mAP"] + 0.05
     assert set(h["algo2"]) == set(h["algo2_hashes"]) >= {"mAP@10", "mAHP@10"}
+    assert "shortlist recall@10" in result.table() and "validation shortlist recall@10" in result.table()
 
 
 # --- full fine-tuning: one step of tiny random-initialised models on the CPU ------------

@@ -46,7 +46,8 @@ def add_train(sub) -> None:
     p.add_argument("--hierarchy", default=None, metavar="CSV",
                    help="fine,coarse class hierarchy for the hash head's targets and mAHP@k")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 1e-3 for a projection head, 3e-3 for a hash head)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup", type=float, default=0.15, help="share of steps for the LR warm-up (default: 0.15)")
     p.add_argument("--mining-warmup", type=int, default=4, help="epochs before mining starts (default: 4)")

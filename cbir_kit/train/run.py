@@ -132,6 +132,10 @@ def save_curve(path, fit: FitResult, title: str) -> Path:
     ax.set_ylabel("training loss", color="tab:blue")
     ax2 = ax.twinx()
     ax2.plot(h["epoch"], h["val_mAP"], color="tab:orange", marker="s", ms=3, label="validation mAP")
+    if fit.config.kind == "hash":
+        ax2.plot(h["epoch"], h["val_shortlist_recall@10"], color="tab:green", marker="^", ms=3,
+                 label="validation shortlist recall@10")
+        ax2.legend(loc="lower right", fontsize=7)
     ax2.set_ylabel("validation mAP", color="tab:orange")
     ax2.axvline(fit.best_epoch, color="grey", ls=":", lw=1)
     ax.set_title(title, fontsize=9)
@@ -238,7 +242,8 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     fit_s = time.perf_counter() - t0
 
     head_desc = (f"{config.kind} head ({config.loss} loss, {config.out_dim}-d)" if config.kind == "projection"
-                 else f"hash head ({config.n_bits} bits -> {targets.shape[1]}-d semantic embedding, cosine loss)")
+                 else f"hash head ({config.n_bits} bits -> {targets.shape[1]}-d semantic embedding; cosine loss + "
+                       f"Hamming-ranking and quantisation terms, {config.hash_init} start)")
     protocol = {
         "description": "gallery split per class into train/held-out; test = queries vs held-out gallery",
         "head": head_desc, "seed": config.seed, "train_fraction": train_fraction, "val_fraction": val_fraction,
