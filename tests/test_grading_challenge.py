@@ -39,6 +39,11 @@ def retrieve(query_paths, k):
     return np.argsort(-s, axis=1, kind="stable")[:, :k].tolist()
 '''
 
+# The same method with a static threshold on the cosine similarity (thresholded retrieval, notebook 05).
+THRESHOLDED = HONEST.replace('return np.argsort(-s, axis=1, kind="stable")[:, :k].tolist()',
+                             'order = np.argsort(-s, axis=1, kind="stable")[:, :k]\n'
+                             '    return [row[s[q, row] >= 0.4].tolist() for q, row in enumerate(order)]')
+
 FAST_CFG = {"timing": {"warmup": 0, "repeats": 1, "build_timeout_s": 60, "retrieve_timeout_s": 60},
             "limits": {"cpu_s": 6, "wall_s": 90, "memory_mb": 3072, "nproc": 48, "output_bytes": 200_000}}
 
@@ -113,11 +118,93 @@ def test_metrics_against_a_direct_transcription():
     ([[0]], "one list per query"),
     ([[0, 1, 2], [0]], "at most k=2"),
     ([[0, 9], [1]], "outside"),
+    ([[0], [-1]], "outside"),
     ([[1, 1], [0]], "twice"),
+    ([[0], [2 ** 40]], "not lists of gallery indices"),
+    ([[0], ["a"]], "not lists of gallery indices"),
+    ("ab", "one list per query"),
 ])
 def test_malformed_answers_are_rejected(answer, message):
     with pytest.raises(challenge._Failure, match=message):
         challenge._check_answer(answer, 2, 5, 2)
+
+
+def test_k0_means_no_cap_and_accepts_any_length_up_to_the_gallery():
+    cfg = scoring.load_config()
+    assert cfg["k"] == 0 and challenge.answer_cap(cfg, 7) == 7
+    assert challenge.answer_cap(scoring.load_config(overrides={"k": 3}), 7) == 3
+    assert challenge.answer_cap(scoring.load_config(overrides={"k": 30}), 7) == 7
+    with pytest.raises(CbirError, match="k must be an integer >= 0"):
+        scoring.load_config(overrides={"k": -1})
+    k = challenge.answer_cap(cfg, 7)
+    answer = [[], [3], list(range(7))[::-1], [6, 0, 2]]
+    ids = challenge._check_answer(answer, 4, 7, k)
+    assert ids.shape == (4, 7)
+    for q, row in enumerate(answer):
+        assert ids[q, :len(row)].tolist() == row and (ids[q, len(row):] == -1).all()
+    # a 2-D array and a list of 1-D arrays are the same answer as lists
+    full = np.argsort(np.random.default_rng(0).random((4, 7)), axis=1)
+    assert (challenge._check_answer(full, 4, 7, k) == full).all()
+    assert (challenge._check_answer([r.astype(np.uint16) for r in full], 4, 7, k) == full).all()
+    for bad, message in (([list(range(7)) + [0], [], [], []], "at most k=7"),
+                         ([[0, 7], [], [], []], "outside"),
+                         ([[], [], [], [5, 1, 5]], "twice for query 3"),
+                         ([[]] * 3, "one list per query")):
+        with pytest.raises(challenge._Failure, match=message):
+            challenge._check_answer(bad, 4, 7, k)
+
+
+def test_packed_answers_are_validated_before_use():
+    from cbir_kit.grade.runner import pack_answer
+    rows, n, payload = pack_answer([[2, 0], [1]])
+    assert (rows, n, len(payload)) == (2, 3, 4 * 5)
+    assert challenge.check_packed(rows, n, payload, 2, 3, 3).tolist() == [[2, 0], [1, -1]]
+    regrouped = np.array([1, 2, 2, 0, 1], np.int32).tobytes()     # the same ids, lists of length 1 and 2
+    negative = np.array([4, -1, 2, 0, 1], np.int32).tobytes()      # lengths 4 and -1 also sum to 3
+    for args, message in (((rows, n + 1, payload), "sizes do not match"),
+                          ((rows, n, payload[:-1]), "sizes do not match"),
+                          ((rows, n, negative), "list lengths"),
+                          ((rows, "3", payload), "malformed answer"),
+                          ((rows, n, None), "malformed answer")):
+        with pytest.raises(challenge._Failure, match=message):
+            challenge.check_packed(*args, 2, 3, 3)
+    assert challenge.check_packed(rows, n, regrouped, 2, 3, 3).tolist() == [[2, -1], [0, 1]]
+
+
+def test_a_full_size_answer_round_trips():
+    """1,000 queries x 10,000 gallery ids (the Animals-10 split, no cap) through the packing and the check."""
+    rng = np.random.default_rng(0)
+    full = np.argsort(rng.random((1000, 10_000), np.float32), axis=1)
+    rows, n, payload = challenge.pack_answer(full)
+    assert (rows, n, len(payload)) == (1000, 10_000_000, 4 * 10_001_000)   # 40 MB, below MAX_REPLY_BYTES
+    assert len(payload) < challenge.MAX_REPLY_BYTES
+    assert (challenge.check_packed(rows, n, payload, 1000, 10_000, 10_000) == full).all()
+
+
+def test_variable_length_metrics_equal_sklearn_per_query():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    g_labels = np.array([0, 1, 0, 2, 0, 1, 2, 2, 0, 1])
+    q_labels = np.array([0, 1, 2, 0, 2])
+    n_rel = np.array([(g_labels == lab).sum() for lab in q_labels])
+    staged = challenge.Staged(Path("."), [], [], g_labels, q_labels, n_rel)
+    answer = [[0, 2, 5, 4], list(np.argsort(g_labels != 1, kind="stable")), [], [8], [9, 3, 0, 6, 7, 1]]
+    got = challenge.evaluate_answer(challenge._check_answer([[int(i) for i in r] for r in answer], 5, 10, 10), staged)
+    p, r, f = [], [], []
+    for q, row in enumerate(answer):
+        y_true = g_labels == q_labels[q]
+        y_pred = np.isin(np.arange(10), row)
+        pq, rq, fq, _ = precision_recall_fscore_support(y_true, y_pred, average="binary", zero_division=0)
+        p.append(pq)
+        r.append(rq)
+        f.append(fq)
+    assert got["precision"] == pytest.approx(np.mean(p))
+    assert got["recall"] == pytest.approx(np.mean(r))
+    assert got["f1"] == pytest.approx(np.mean(f))
+    # AP by hand, divided by all relevant: q0 (R=4) hits at ranks 1, 2, 4 -> (1 + 1 + 3/4) / 4;
+    # q1 full ranking with the 3 relevant first -> 1; q2 empty -> 0; q3 (R=4) hit at rank 1 -> 1/4;
+    # q4 (R=3) hits at ranks 2, 4, 5 -> (1/2 + 2/4 + 3/5) / 3
+    assert got["mAP"] == pytest.approx(np.mean([2.75 / 4, 1.0, 0.0, 0.25, (0.5 + 0.5 + 0.6) / 3]))
 
 
 def test_staging_hides_names_and_order(tmp_path, demo_dataset):
@@ -288,7 +375,8 @@ def test_adversarial_batch_is_contained(tmp_path, demo_dataset, listener):
     assert _sandbox_pids() <= before  # the fork bomb's children died with its sandbox
 
     # honest submissions (single file and folder with a helper module) are graded correctly
-    ref = _honest_reference(demo_dataset, 10)
+    ref = _honest_reference(demo_dataset, demo_dataset.n_gallery)   # k = 0: the full ranking comes back
+    assert ref["recall"] == pytest.approx(1.0)
     for student in ("honest", "honest_dir"):
         assert by[student]["status"] == "ok", by[student]["reason"]
         for m in ("precision", "recall", "mAP"):
@@ -368,13 +456,36 @@ def test_score_locally_gives_the_graders_metrics_and_score(tmp_path, demo_datase
     fast = {"timing": {"warmup": 0, "repeats": 1}}
     base, mine = score_locally(tmp_path / "honest.py", demo_dataset, overrides=fast, baseline=tmp_path / "honest.py")
     assert base.student == challenge.BASELINE_NAME and base.status == mine.status == "ok"
-    ref = _honest_reference(demo_dataset, 10)
+    ref = _honest_reference(demo_dataset, demo_dataset.n_gallery)
     for m in ("precision", "recall", "mAP"):
         assert mine.metrics[m] == pytest.approx(ref[m])
     cfg = scoring.load_config(overrides=fast)
     assert mine.scores == pytest.approx(scoring.score(mine.metrics, mine.timings, base.timings, cfg))
-    for name, reason in (("too_many", "at most k=10"), ("no_build", "no function build")):
+    _, top10 = score_locally(tmp_path / "honest.py", demo_dataset, overrides={**fast, "k": 10},
+                             baseline=tmp_path / "honest.py")
+    ref10 = _honest_reference(demo_dataset, 10)
+    for m in ("precision", "recall", "mAP"):
+        assert top10.metrics[m] == pytest.approx(ref10[m])
+    for name, reason in (("too_many", f"at most k={demo_dataset.n_gallery}"), ("no_build", "no function build")):
         _, bad = score_locally(tmp_path / f"{name}.py", demo_dataset, overrides=fast, baseline=tmp_path / "honest.py")
         assert bad.status == "failed" and reason in bad.reason and bad.scores["score"] == 0.0
     with pytest.raises(CbirError, match="does not exist"):
         score_locally(tmp_path / "missing.py", demo_dataset)
+
+
+def test_a_threshold_beats_the_full_ranking_on_f1_not_on_recall(tmp_path, demo_dataset):
+    """Under k = 0 the full ranking has recall 1 but F1 ~ 2c/(1+c); a threshold trades recall for F1."""
+    from cbir_kit.grade.local import score_locally
+
+    _write(tmp_path, "full.py", HONEST)
+    _write(tmp_path, "thresholded.py", THRESHOLDED)
+    fast = {"timing": {"warmup": 0, "repeats": 1}}
+    base, thresholded = score_locally(tmp_path / "thresholded.py", demo_dataset, overrides=fast,
+                                      baseline=tmp_path / "full.py")
+    assert thresholded.status == "ok", thresholded.reason
+    assert base.metrics["recall"] == pytest.approx(1.0)
+    share = 1 / len(np.unique(demo_dataset.gallery_labels))       # balanced classes: precision of everything
+    assert base.metrics["f1"] == pytest.approx(2 * share / (1 + share))
+    assert thresholded.metrics["f1"] > base.metrics["f1"] + 0.2
+    assert thresholded.metrics["recall"] < base.metrics["recall"]
+    assert thresholded.metrics["mAP"] <= base.metrics["mAP"] + 1e-12   # a cut ranking of the same order

@@ -6,6 +6,11 @@ in ``<student>/``, or a notebook ``<student>/*.ipynb`` whose code cells are join
     build(gallery_paths: list[str]) -> None
     retrieve(query_paths: list[str], k: int) -> list[list[int]]   # ranked gallery indices per query
 
+``k`` is the configured cap on the answer length; with ``k = 0`` in the config (the default,
+thresholded retrieval) there is no cap and ``retrieve`` receives ``k = len(gallery_paths)``: each
+query's list holds every gallery image the system judges relevant, best first, of any length
+from 0 to the gallery size.  A 2-D integer array, or a list of 1-D integer arrays, is accepted too.
+
 What the grader does, per run:
 
 1. Stages the dataset: gallery and query images are linked (or copied) under neutral names
@@ -15,8 +20,9 @@ What the grader does, per run:
    sandboxed process (:mod:`cbir_kit.grade.sandbox`), talking to it over pipes.  Build and
    retrieve are each run ``warmup`` times untimed, then ``repeats`` times timed from this side
    of the pipe; the median is reported.
-3. Checks the answer (one list per query, at most k distinct gallery indices) and computes
-   precision, recall, F1 and mAP (:mod:`cbir_kit.metrics`) and the score
+3. Receives the answer as packed int32 bytes (:func:`cbir_kit.grade.runner.pack_answer`),
+   checks it (one list per query, at most k distinct gallery indices, :func:`check_packed`) and
+   computes precision, recall, F1 and mAP (:mod:`cbir_kit.metrics`) and the score
    (:mod:`cbir_kit.grade.scoring`).  Anything that goes wrong - an exception, a timeout, a
    resource limit, too much output, a malformed answer - fails that submission with a reason
    and score 0; the others are unaffected.
@@ -41,6 +47,7 @@ import numpy as np
 from ..errors import CbirError
 from ..metrics import mean_average_precision, relevance_matrix, set_metrics
 from . import scoring
+from .runner import pack_answer
 from .sandbox import Limits, Sandbox, SandboxSpec, kill_group
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -207,15 +214,21 @@ class _Session:
         limit = min(time.monotonic() + timeout, self.deadline)
         out_fd = self.proc.stdout.fileno()
         open_fds = {self.reply_fd, out_fd}
+        reply = None
         while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
+            if reply is None and (nl := self.buf.find(b"\n")) >= 0:
                 line, self.buf = bytes(self.buf[:nl]), self.buf[nl + 1:]
-                elapsed = time.perf_counter() - start
                 try:
-                    return json.loads(line), elapsed
+                    reply = json.loads(line)
                 except ValueError:
                     raise _Failure("malformed reply from the submission process") from None
+                need = reply.get("payload_bytes", 0) if isinstance(reply, dict) else 0
+                if not isinstance(need, int) or not 0 <= need <= MAX_REPLY_BYTES:
+                    raise _Failure("malformed reply from the submission process: bad payload size")
+            if reply is not None and len(self.buf) >= need:
+                if isinstance(reply, dict):
+                    reply["payload"], self.buf = bytes(self.buf[:need]), self.buf[need:]
+                return reply, time.perf_counter() - start
             left = limit - time.monotonic()
             if left <= 0:
                 which = "wall-time limit of the run" if limit >= self.deadline else f"time limit ({timeout:g} s)"
@@ -276,25 +289,63 @@ class _Failure(Exception):
     pass
 
 
+def answer_cap(cfg: dict, n_gallery: int) -> int:
+    """The k that ``retrieve`` receives: the configured cap, or the gallery size when ``k = 0``."""
+    return min(cfg["k"], n_gallery) if cfg["k"] > 0 else n_gallery
+
+
+def check_packed(n_rows, n_ids, payload: bytes, n_queries: int, n_gallery: int, k: int) -> np.ndarray:
+    """Validate a packed answer (:func:`~cbir_kit.grade.runner.pack_answer`); return it as a (Q, L) array.
+
+    ``L`` is the longest list; shorter lists are padded with -1.  Raises :class:`_Failure` naming
+    the first problem: wrong number of lists, a list longer than ``k``, an index outside
+    ``0 .. n_gallery - 1``, an index twice in one list, or header and bytes that disagree.
+    """
+    if not (isinstance(n_rows, int) and isinstance(n_ids, int) and isinstance(payload, (bytes, bytearray))):
+        raise _Failure("malformed answer from the submission process")
+    if n_rows != n_queries:
+        raise _Failure(f"retrieve() must return one list per query ({n_queries}); got {n_rows}")
+    if n_ids < 0 or len(payload) != 4 * (n_rows + n_ids):
+        raise _Failure("malformed answer from the submission process: sizes do not match the header")
+    lengths = np.frombuffer(payload, np.int32, count=n_rows).astype(np.int64)
+    ids = np.frombuffer(payload, np.int32, offset=4 * n_rows).astype(np.int64)
+    if (lengths < 0).any() or lengths.sum() != n_ids:
+        raise _Failure("malformed answer from the submission process: list lengths do not match the header")
+    too_long = np.flatnonzero(lengths > k)
+    if too_long.size:
+        q = int(too_long[0])
+        raise _Failure(f"retrieve() returned {lengths[q]} results for query {q}; at most k={k}")
+    rows = np.repeat(np.arange(n_rows), lengths)
+    outside = np.flatnonzero((ids < 0) | (ids >= n_gallery))
+    if outside.size:
+        raise _Failure(f"retrieve() returned a gallery index outside 0..{n_gallery - 1} "
+                       f"for query {rows[outside[0]]}")
+    keys = np.sort(rows * n_gallery + ids)
+    repeated = np.flatnonzero(keys[1:] == keys[:-1])
+    if repeated.size:
+        raise _Failure(f"retrieve() returned the same gallery index twice for query {keys[repeated[0]] // n_gallery}")
+    starts = np.cumsum(lengths) - lengths
+    padded = np.full((n_rows, int(lengths.max(initial=0))), -1, dtype=np.int64)
+    padded[rows, np.arange(n_ids) - np.repeat(starts, lengths)] = ids
+    return padded
+
+
 def _check_answer(answer, n_queries: int, n_gallery: int, k: int) -> np.ndarray:
-    """The answer as a (Q, k) id array padded with -1, or :class:`_Failure` naming the problem."""
-    if not isinstance(answer, list) or len(answer) != n_queries:
-        got = len(answer) if isinstance(answer, list) else type(answer).__name__
-        raise _Failure(f"retrieve() must return one list per query ({n_queries}); got {got}")
-    ids = np.full((n_queries, k), -1, dtype=np.int64)
-    for q, row in enumerate(answer):
-        if len(row) > k:
-            raise _Failure(f"retrieve() returned {len(row)} results for query {q}; at most k={k}")
-        if any(i < 0 or i >= n_gallery for i in row):
-            raise _Failure(f"retrieve() returned a gallery index outside 0..{n_gallery - 1} for query {q}")
-        if len(set(row)) != len(row):
-            raise _Failure(f"retrieve() returned the same gallery index twice for query {q}")
-        ids[q, :len(row)] = row
-    return ids
+    """:func:`check_packed` of an in-process answer (a list of ranked lists or a 2-D array)."""
+    if not isinstance(answer, list) and getattr(answer, "ndim", 0) != 2:
+        raise _Failure(f"retrieve() must return one list per query ({n_queries}); got {type(answer).__name__}")
+    try:
+        return check_packed(*pack_answer(answer), n_queries, n_gallery, k)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise _Failure(f"retrieve() returned something that is not lists of gallery indices: {err}") from None
 
 
 def evaluate_answer(ids: np.ndarray, staged: Staged) -> dict:
-    """precision, recall, F1 (top-k sets) and mAP (of the returned ranking) against the hidden labels."""
+    """precision, recall, F1 (of the returned sets) and mAP (of the returned rankings) against the hidden labels.
+
+    ``ids``: (Q, L) gallery indices padded with -1.  An empty list scores 0 on every metric;
+    AP divides by all R relevant gallery images, so relevant images not returned count as missed.
+    """
     rel = relevance_matrix(ids, staged.query_labels, staged.gallery_labels)
     out = set_metrics(rel.sum(axis=1), (ids >= 0).sum(axis=1), staged.n_relevant)
     out["mAP"] = mean_average_precision(rel, staged.n_relevant)
@@ -333,16 +384,17 @@ def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: di
         loaded, _ = session.request({}, timing["build_timeout_s"])
         _raise_if_error(loaded, "import")
         times: dict[str, list[float]] = {"build": [], "retrieve": []}
-        answer = None
+        k = answer_cap(cfg, len(staged.gallery))
+        reply = None
         for op, timeout in (("build", timing["build_timeout_s"]), ("retrieve", timing["retrieve_timeout_s"])):
             for i in range(timing["warmup"] + timing["repeats"]):
-                cmd = {"op": op, "paths": gallery} if op == "build" else {"op": op, "paths": query, "k": cfg["k"]}
+                cmd = {"op": op, "paths": gallery} if op == "build" else {"op": op, "paths": query, "k": k}
                 reply, seconds = session.request(cmd, timeout)
                 _raise_if_error(reply, op)
                 if i >= timing["warmup"]:
                     times[op].append(seconds)
-                answer = reply["result"]
-        ids = _check_answer(answer, len(staged.query), len(staged.gallery), cfg["k"])
+        ids = check_packed(reply.get("rows"), reply.get("ids"), reply.get("payload"),
+                           len(staged.query), len(staged.gallery), k)
         result.metrics = evaluate_answer(ids, staged)
         result.timings = {f"{op}_s": statistics.median(v) for op, v in times.items()}
         result.timings["retrieve_ms_per_query"] = 1000 * result.timings["retrieve_s"] / max(1, len(staged.query))
@@ -383,7 +435,9 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
         tmp = Path(tmp)
         tmp.chmod(0o755)
         staged = stage_dataset(ds, tmp / "data", cfg["seed"])
-        say(f"dataset {ds.name}: {len(staged.query)} hidden queries, {len(staged.gallery)} gallery images, k={cfg['k']}")
+        k = answer_cap(cfg, len(staged.gallery))
+        say(f"dataset {ds.name}: {len(staged.query)} hidden queries, {len(staged.gallery)} gallery images, "
+            f"at most {k} results per query" + (" (k = 0: no cap)" if cfg["k"] == 0 else ""))
         results = []
         baseline_module = Path(cfg["baseline"]).resolve() if cfg["baseline"] else BASELINE
         if not baseline_module.is_file():
@@ -403,7 +457,7 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
                         f"Check the sandbox limits in the config. Output:\n{baseline.output[-2000:]}")
     rescore(results, cfg)
     summary = {"dataset": ds.name, "n_queries": len(staged.query), "n_gallery": len(staged.gallery),
-               "k": cfg["k"], "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
+               "k": k, "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
                "results": [r.__dict__ for r in results]}
     write_leaderboard(summary, out_dir)
     return summary

@@ -1,10 +1,18 @@
 """Score a challenge submission in this process, the way ``cbir grade challenge`` scores it.
 
 For students: run the baseline and your ``submission.py`` on a labelled split of your own and
-get the grader's numbers before you hand in.  What is the same as the real grader
-(:mod:`cbir_kit.grade.challenge`): the staging under neutral names in a seeded order, the
-``warmup`` untimed and ``repeats`` timed calls of ``build`` and ``retrieve`` (median), the
-answer check, the metrics (:func:`~cbir_kit.grade.challenge.evaluate_answer`) and the score
+get the grader's numbers before you hand in (notebook 08, section 6)::
+
+    from cbir_kit.grade.local import score_locally
+    baseline, mine = score_locally("submission/submission.py", my_labelled_split)
+    print(mine.metrics, mine.timings, mine.scores)
+
+What is the same as the real grader (:mod:`cbir_kit.grade.challenge`): the staging under
+neutral names in a seeded order, the ``k`` passed to ``retrieve`` (the gallery size under
+``k = 0``), the ``warmup`` untimed and ``repeats`` timed calls of ``build`` and ``retrieve``
+(median; the timed retrieve includes packing the answer, as in the sandbox), the answer check
+(:func:`~cbir_kit.grade.challenge.check_packed`), the metrics
+(:func:`~cbir_kit.grade.challenge.evaluate_answer`) and the score
 (:func:`~cbir_kit.grade.challenge.rescore`, i.e. :func:`cbir_kit.grade.scoring.score`).
 What differs: no sandbox and no fresh process (both modules run here, timed in-process), and
 your split is not the hidden one, so the number is an estimate of the official score.
@@ -25,13 +33,14 @@ from .challenge import (
     BASELINE_NAME,
     DATA_DIR,
     Result,
-    _check_answer,
     _Failure,
+    answer_cap,
+    check_packed,
     evaluate_answer,
     rescore,
     stage_dataset,
 )
-from .runner import _as_ranked_lists
+from .runner import pack_answer
 
 
 def _load_module(path: Path, name: str):
@@ -55,15 +64,15 @@ def _run(student: str, path: Path, gallery: list[str], query: list[str], staged,
     try:
         module = _load_module(path, "submission")
         times: dict[str, list[float]] = {"build": [], "retrieve": []}
-        answer = None
+        k = answer_cap(cfg, len(gallery))
+        packed = None
         for op in ("build", "retrieve"):
             for i in range(timing["warmup"] + timing["repeats"]):
                 start = time.perf_counter()
-                answer = module.build(gallery) if op == "build" else \
-                    _as_ranked_lists(module.retrieve(query, cfg["k"]))
+                packed = module.build(gallery) if op == "build" else pack_answer(module.retrieve(query, k))
                 if i >= timing["warmup"]:
                     times[op].append(time.perf_counter() - start)
-        ids = _check_answer(answer, len(query), len(gallery), cfg["k"])
+        ids = check_packed(*packed, len(query), len(gallery), k)
         result.metrics = evaluate_answer(ids, staged)
         result.timings = {f"{op}_s": statistics.median(v) for op, v in times.items()}
         result.timings["retrieve_ms_per_query"] = 1000 * result.timings["retrieve_s"] / max(1, len(query))
