@@ -25,7 +25,7 @@ from .bench import Bench
 from .errors import CbirError
 
 QUALITY = ("mAP", "P@1", "P@5", "P@10", "R@10", "precision", "recall", "f1")
-SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "total_s")
+SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "query_ms_per_query", "total_s")
 
 
 def _labels(results, labels):
@@ -44,6 +44,8 @@ def summary_table(results, labels: Sequence[str] | None = None) -> pd.DataFrame:
         row.update({key: v for key, v in result.metrics.items()
                     if key not in QUALITY and not key.startswith(("mAP_", "mP@"))})
         row.update({key: result.timings[key] for key in SPEED if key in result.timings})
+        # exact search: a query costs its search alone
+        row.setdefault("query_ms_per_query", result.timings.get("search_ms_per_query"))
         row.update({key: v for key, v in result.timings.items() if key not in SPEED})
         row["cache_hit"] = bool(result.cache.get("hit"))
         rows.append(row)
@@ -106,10 +108,20 @@ def _write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def _has_ann_or_hash(results) -> bool:
-    return any(r.config.get("index", "Flat") != "Flat" or r.config.get("hash")
-               or any(key in str(r.config.get("label", "")) for key in ("index=", "hash=", "shortlist="))
-               for r in results)
+def _ann_or_hash_rows(results, table: pd.DataFrame) -> pd.DataFrame | None:
+    """The exact and ANN / hash rows of ``table`` (exact has recall 1 against itself), or None."""
+    column = f"recall@{results[0].k}_vs_exact"
+    keep = []
+    for result, name in zip(results, table.index):
+        approximate = result.config.get("index", "Flat") != "Flat"
+        others = any(key in result.config for key in ("qe", "dba", "rerank", "tta", "threshold"))
+        if not others and (approximate or "exact_metrics" not in result.config):
+            keep.append(name)
+    rows = table.loc[keep].copy()
+    if column not in rows.columns or rows[column].isna().all():
+        return None
+    rows[column] = rows[column].fillna(1.0)  # the exact rows
+    return rows if len(rows) > 1 else None
 
 
 def write_report(results, out_dir, labels: Sequence[str] | None = None, threshold_curves: Mapping | None = None,
@@ -144,10 +156,12 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                "Trapezoidal AP with junk removed; mP@k divides by min(k, position of the last positive).", "",
                markdown_table(rv, digits=2), ""]
     plots = [("pr_curve.png", "Precision-recall over k", lambda: viz.plot_pr_curve(results, names))]
-    plots.append(("methods.png", "mAP and search latency per method", lambda: viz.plot_methods(table)))
-    if len(results) > 1 and _has_ann_or_hash(results) and "R@10" in table.columns:
-        plots.append(("recall_vs_latency.png", "Recall against latency (ANN / hash settings)",
-                      lambda: viz.plot_recall_vs_latency(table)))
+    plots.append(("methods.png", "mAP and query latency (expansion + search + re-ranking) per method",
+                  lambda: viz.plot_methods(table)))
+    speed_table = _ann_or_hash_rows(results, table)
+    if speed_table is not None:
+        plots.append(("recall_vs_latency.png", "Recall of the exact top-k against latency (ANN / hash settings)",
+                      lambda: viz.plot_recall_vs_latency(speed_table, recall=f"recall@{first.k}_vs_exact")))
     curves = dict(threshold_curves or {})
     if not curves and "over_threshold" in first.curves:
         curves = {"static": first.curves["over_threshold"]}

@@ -181,6 +181,9 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
         dist = np.take_along_axis(reranked, ids, axis=1)
         config["rerank"] = {"method": "kreciprocal", "k1": 20, "k2": 6, "lambda": 0.3}
 
+    # what one query costs online: expansion, index search, re-ranking (TTA is extraction, not counted)
+    timings["query_ms_per_query"] = timings["search_ms_per_query"] + 1000.0 * (
+        timings.get("qe_s", 0.0) + timings.get("kreciprocal_s", 0.0)) / len(queries)
     if loo:
         ids, dist = _drop_own(ids, dist)
     out, ap = _ranking_metrics(ids, ds, k)

@@ -94,6 +94,22 @@ def test_compare_runs_methods_beside_exact(demo_features):
         compare(["exact", "shortlist=20"], dataset="demo")
 
 
+def test_report_plots_ann_recall_against_query_latency(demo_features, tmp_path):
+    results = compare(["exact", "index=HNSW32", "rerank=kreciprocal"], dataset="demo", k=5, progress=False)
+    table = report.summary_table(results)
+    exact, _, rerank = results
+    # a query's latency includes its re-ranking, not only the index search
+    assert table.loc["exact", "query_ms_per_query"] == exact.timings["search_ms_per_query"]
+    expected = rerank.timings["search_ms_per_query"] + 1000 * rerank.timings["kreciprocal_s"] / rerank.n_queries
+    assert table.loc["rerank=kreciprocal", "query_ms_per_query"] == pytest.approx(expected)
+    rows = report._ann_or_hash_rows(results, table)
+    assert list(rows.index) == ["exact", "index=HNSW32"]  # re-ranking is no ANN setting
+    assert rows.loc["exact", "recall@5_vs_exact"] == 1.0
+    path = report.write_report(results, tmp_path / "rep")
+    assert (tmp_path / "rep" / "recall_vs_latency.png").stat().st_size > 10_000
+    assert "recall_vs_latency.png" in path.read_text()
+
+
 def test_compare_runs_each_config_and_reports(demo_features, tmp_path):
     results = compare(["exact", "exact"], dataset="demo", labels=["a", "b"], k=5, progress=False)
     table = report.summary_table(results)
