@@ -123,8 +123,9 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
         else:
             rel = M.relevance_matrix(ids, ds.query_labels[start:start + chunk], ds.gallery_labels)
         aps.append(M.average_precisions(rel, n_relevant[start:start + chunk]))
-        rels.append(rel[:, :keep_cols])
-        tops.append(ids[:, :k])
+        # copies: a slice would keep the chunk's whole (chunk, gallery) arrays alive until the end
+        rels.append(rel[:, :keep_cols].copy())
+        tops.append(ids[:, :k].copy())
         k_hits.append(M.hits_at_ks(rel, curve_ks))
         if thresholds is not None and gnd is None:
             hits, retrieved = M.threshold_counts(scores, rel, thresholds)
@@ -144,7 +145,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
 
 
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
-             root=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
+             root=None, cache_dir=None, device: str = "auto", batch_size: int | None = None,
              num_workers: int | None = None, progress: bool = True, seed: int = 0,
              head: str | os.PathLike | None = None, methods=None) -> EvalResult:
     """Run the whole pipeline once and measure it (see the module docstring).
