@@ -101,6 +101,17 @@ def keep_large_allocations() -> bool:
     return _MALLOC_TUNED
 
 
+def release_free_memory() -> None:
+    """``malloc_trim(0)``: hand the blocks :func:`keep_large_allocations` kept back to the OS.
+
+    Called when an extraction run ends, so that the search that follows starts from the
+    memory actually in use (measured: 20,000-image ``cbir evaluate`` peak 1.97 GB without).
+    """
+    if _MALLOC_TUNED:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -459,6 +470,8 @@ class Extractor:
                         f.cancel()
                     job.cancel()
                 self._freeze = freeze
+        if cpu:
+            release_free_memory()
 
     def extract(self, images: Sequence[ImageRef], progress: bool = True, desc: str = "extract") -> Features:
         """Embed all ``images`` in memory (the feature cache streams to disk instead)."""
