@@ -41,7 +41,7 @@ from .datasets import load
 from .errors import CbirError
 from .evaluate import write_json_atomic
 from .features import OFFLINE_MODEL, create_extractor
-from .features.extractor import FREEZE_MIN_IMAGES, Extractor, available_cores
+from .features.extractor import Extractor, available_cores
 from .images import ImageLoadError, open_image
 
 
@@ -113,7 +113,7 @@ def bench_extract(dataset: str = "demo", model: str = OFFLINE_MODEL, limit: int 
         raise CbirError(f"--block must be at least 1; got {block}")
     ex = create_extractor(model, device=device, pretrained=pretrained, batch_size=batch_size,
                           num_workers=num_workers, num_threads=num_threads, precision=precision)
-    ex.extract(images[:FREEZE_MIN_IMAGES], progress=False)  # builds (and freezes) the pipeline's network
+    ex.extract(images[:2 * ex.batch_size], progress=False)  # builds (and freezes) the pipeline's network
     warm = images[:min(len(images), ex.batch_size)]
     naive_features(ex, warm[:2])
 

@@ -11,7 +11,6 @@ from torch import nn
 from torch.nn.utils import fuse_conv_bn_eval
 
 from cbir_kit.features import create_extractor
-from cbir_kit.features.extractor import FREEZE_MIN_IMAGES
 from cbir_kit.features.inference import (
     close_enough,
     fold_batchnorm,
@@ -114,7 +113,7 @@ def _pictures(n: int) -> list[Image.Image]:
 
 def test_pipeline_features_match_the_network_as_built():
     """Two frozen streams, a partial last batch: the same features as the unmodified network."""
-    images = _pictures(FREEZE_MIN_IMAGES + 3)
+    images = _pictures(19)
     plain = create_extractor(device="cpu", batch_size=8, streams=1, optimize=False)
     fast = create_extractor(device="cpu", batch_size=8, streams=2, num_threads=2)
     fast._backbone = plain.backbone  # same weights, no second build
@@ -123,7 +122,6 @@ def test_pipeline_features_match_the_network_as_built():
     got = fast.extract(images, progress=False).vectors
     assert fast.network_kind() == "oneDNN-frozen" and plain.network_kind() == "as built"
     assert np.abs(got - want).max() < 1e-4
-    short = create_extractor(device="cpu", batch_size=4)
-    short._backbone, short._split = plain.backbone, plain._split
-    np.testing.assert_allclose(short.extract(images[:5], progress=False).vectors, want[:5], atol=1e-4)
-    assert short.network_kind() == "BatchNorm-folded"  # too few images to pay for freezing
+    # a short call (a resumed extraction's last batch) runs the very same network: bit-identical
+    short = fast.extract(images[8:16], progress=False).vectors
+    assert np.array_equal(short, got[8:16])

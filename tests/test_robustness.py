@@ -201,7 +201,7 @@ def _chunks_done(cache: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_gives_identical_features_and_metrics(tmp_path, monkeypatch):
-    folder = _class_folder(tmp_path / "photos", n_per_class=8)  # 32 images, 8 chunks of 4
+    folder = _class_folder(tmp_path / "photos", n_per_class=16)  # 64 images, 16 chunks of 4
     monkeypatch.setenv("CBIR_CHUNK_SIZE", "4")
     clean = evaluate(f"folder:{folder}", device="cpu", batch_size=2, cache_dir=tmp_path / "clean", progress=False)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -209,20 +209,22 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_features_and_metr
 
     cache = tmp_path / "killed"
     rng = random.Random(10)
-    kills = 0
-    for target in sorted(rng.sample(range(1, 8), 3)):  # kill after 1..7 of the 8 chunks, then a bit later
+    left_behind = []  # committed chunks found right after each kill
+    targets = sorted(rng.sample(range(1, 13), 3))  # kill after 1..12 of the 16 chunks, then a moment later
+    for target in targets:
         proc = subprocess.Popen(_cbir(*common, "--cache", str(cache)), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 240
         while proc.poll() is None and _chunks_done(cache) < target and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.02))  # at least 3 chunks (and the publish) are still to come
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            proc.wait(timeout=60)
+            left_behind.append(_chunks_done(cache))
         proc.wait(timeout=60)
-    assert kills >= 1
-    assert _chunks_done(cache) >= 1  # killed runs left committed work behind
+    assert len(left_behind) == len(targets), "a run finished before its kill; kill earlier"
+    assert max(left_behind) >= 1  # killed runs left committed work behind
     done = subprocess.run(_cbir(*common, "--cache", str(cache), "--json", str(tmp_path / "resumed.json")),
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -67,11 +67,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # on the flat part is taken.  `cbir bench extract --batch-sizes 1,4,8,16,32` re-measures.
 DEFAULT_BATCH_SIZE = {"efficientnet_lite0": 8, "resnet18": 8, "resnet50": 8, "clip": 8}
 
-# Tracing, freezing and checking a network costs about as much as embedding a few dozen
-# images, so a :meth:`Extractor.stream` call over fewer images keeps the (folded) eager network.
-FREEZE_MIN_IMAGES = 64
-
-
 def default_batch_size(spec: str) -> int:
     """The measured default batch size for a model spec (``clip:*`` share one entry)."""
     key = "clip" if spec.startswith("clip:") else spec.split("-")[0]
@@ -262,9 +257,8 @@ class Extractor:
         self._backbone: Backbone | None = None
         self._split: SplitPreprocess | None = None
         self._folded: torch.nn.Module | None = None
-        self._runners: dict[tuple, tuple[Callable, bool]] = {}  # (C, H, W) -> (network, freezing tried)
+        self._runners: dict[tuple, Callable] = {}  # (C, H, W) -> the network that runs those batches
         self._runner_lock = threading.Lock()
-        self._freeze = True
 
     @property
     def backbone(self) -> Backbone:
@@ -342,37 +336,31 @@ class Extractor:
     def runner(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """The network rewritten for inference (:mod:`.inference`) for batches shaped like ``x``.
 
-        Built on first use per input size (C, H, W) from ``x``: a BatchNorm-folded copy and,
-        on the CPU in fp32 (unless a short :meth:`stream` call said not to), its
-        oneDNN-frozen trace; either is kept only if it reproduces the original network's
-        output on ``x`` (:func:`close_enough`).
+        Built once per input size (C, H, W) from ``x``: a BatchNorm-folded copy and, on the CPU
+        in fp32, its oneDNN-frozen trace (about a second to build); each is kept only if it
+        reproduces the original network's output on ``x`` (:func:`close_enough`).  The choice
+        never depends on how many images a call embeds, so a resumed extraction computes its
+        remaining images exactly as an uninterrupted one would.
         """
         bb = self.backbone
         if not self.optimize:
             return bb.model
         key = tuple(x.shape[1:])
-        freeze = self._freeze and self.device.type == "cpu" and self.precision == "fp32"
         with self._runner_lock:
-            run, tried = self._runners.get(key, (None, False))
-            if run is not None and (tried or not freeze):
-                return run
-            reference = None
-            if run is None:
-                fast = self.folded_network()
-                with torch.inference_mode(), self._autocast():
-                    reference = bb.model(x)
-                    run = fast if close_enough(fast(x), reference) else bb.model
-            if freeze and run is not bb.model:
-                if reference is None:
-                    with torch.inference_mode(), self._autocast():
-                        reference = bb.model(x)
+            if key in self._runners:
+                return self._runners[key]
+            fast = self.folded_network()
+            with torch.inference_mode(), self._autocast():
+                reference = bb.model(x)
+                run = fast if close_enough(fast(x), reference) else bb.model
+            if run is not bb.model and self.device.type == "cpu" and self.precision == "fp32":
                 run = optimize_for_cpu(run, x, reference)
-            self._runners[key] = (run, freeze)
+            self._runners[key] = run
             return run
 
     def network_kind(self) -> str:
         """What runs the forward passes so far: ``oneDNN-frozen``, ``BatchNorm-folded`` or ``as built``."""
-        runs = [run for run, _ in self._runners.values()]
+        runs = list(self._runners.values())
         if runs and all(isinstance(run, torch.jit.ScriptModule) for run in runs):
             return "oneDNN-frozen"
         if runs and all(run is not self.backbone.model for run in runs):
@@ -435,7 +423,6 @@ class Extractor:
         else:
             _ = self.backbone
         cpu = self.device.type == "cpu"
-        freeze, self._freeze = self._freeze, sum(b - a for a, b in ranges) >= FREEZE_MIN_IMAGES
         threads = self.threads_per_stream if cpu else None
         # torch.set_num_threads in each forward thread: OpenMP keeps a thread count per thread
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="cbir-decode") as decode, \
@@ -469,7 +456,6 @@ class Extractor:
                     for f in loads:
                         f.cancel()
                     job.cancel()
-                self._freeze = freeze
         if cpu:
             release_free_memory()
 
