@@ -19,9 +19,8 @@ c = get_config()  # noqa: F821
 
 c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
 c.CourseDirectory.course_id = "cbir_kit"
-# Solution regions become this stub: the exercise raises until it is written, so its visible
-# tests fail on the unsolved notebook.
-c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+# Solution regions become nbgrader's default Python stub, which raises until the exercise is
+# written, so its visible tests fail on the unsolved notebook (tests/test_notebooks.py checks it).
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # A cell of the CI profile runs in seconds; on the real datasets feature extraction can take minutes.
 c.Execute.timeout = 1800
