@@ -36,6 +36,15 @@ def one_faiss_thread():
     faiss.omp_set_num_threads(before)
 
 
+@pytest.fixture
+def http_server():
+    """A :class:`fixture_server.FixtureServer` on 127.0.0.1, shut down after the test."""
+    from fixture_server import FixtureServer
+    srv = FixtureServer()
+    yield srv
+    srv.close()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data (real Corel-1K and revisitop ground truth); skip when absent."""

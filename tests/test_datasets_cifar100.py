@@ -14,7 +14,6 @@ from cbir_kit.datasets.cifar100 import CifarImage, fetch_cifar100, load_cifar100
 from cbir_kit.datasets.download import ChecksumError
 from cbir_kit.images import fingerprint, open_image
 from cbir_kit.metrics import hierarchy_similarity
-from fixture_server import FixtureServer
 
 FINE = ["apple", "pear", "shark", "trout"]
 COARSE = ["fruit", "fish"]
@@ -53,11 +52,9 @@ MD5 = hashlib.md5(ARCHIVE).hexdigest()
 
 
 @pytest.fixture
-def server():
-    srv = FixtureServer()
-    srv.files["/cifar-100-python.tar.gz"] = ARCHIVE
-    yield srv
-    srv.close()
+def server(http_server):
+    http_server.files["/cifar-100-python.tar.gz"] = ARCHIVE
+    return http_server
 
 
 def _load(server, root, **kw):

@@ -12,7 +12,6 @@ import pytest
 from cbir_kit.datasets.download import (ChecksumError, DownloadError, UnsafeArchiveError, download,
                                         extract_archive, verify)
 from cbir_kit.errors import CbirError
-from fixture_server import FixtureServer
 
 BODY = bytes(range(256)) * 400  # 102,400 bytes: several read chunks
 MD5 = hashlib.md5(BODY).hexdigest()
@@ -20,11 +19,9 @@ SHA256 = hashlib.sha256(BODY).hexdigest()
 
 
 @pytest.fixture
-def server():
-    srv = FixtureServer()
-    srv.files["/f.bin"] = BODY
-    yield srv
-    srv.close()
+def server(http_server):
+    http_server.files["/f.bin"] = BODY
+    return http_server
 
 
 def test_download_verifies_and_renames(server, tmp_path):

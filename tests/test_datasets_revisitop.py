@@ -12,7 +12,6 @@ from PIL import Image
 from cbir_kit.datasets import DatasetError, load
 from cbir_kit.datasets.revisitop import CroppedImage, fetch_revisitop, gnd_for_setting, load_ground_truth
 from cbir_kit.images import open_image
-from fixture_server import FixtureServer
 
 SIZES = {"roxford5k": 4993, "rparis6k": 6322}
 
@@ -99,30 +98,27 @@ def _jpeg(color) -> bytes:
     return buf.getvalue()
 
 
-def test_fetch_flattens_paris_archives(tmp_path):
+def test_fetch_flattens_paris_archives(tmp_path, http_server):
     """Two archives in the Paris layout (paris/<landmark>/<image>.jpg) end up flat in jpg/."""
-    srv = FixtureServer()
-    try:
-        gnd = {"imlist": ["paris_defense_000001", "paris_louvre_000001"], "qimlist": ["paris_louvre_000002"],
-               "gnd": [{"bbx": [0, 0, 10, 10], "easy": [1], "hard": [], "junk": [0]}]}
-        srv.files["/gnd.pkl"] = pickle.dumps(gnd)
-        srv.files["/paris_1.tgz"] = _tgz([("paris/defense/paris_defense_000001.jpg", _jpeg((255, 0, 0)))])
-        srv.files["/paris_2.tgz"] = _tgz([("paris/louvre/paris_louvre_000001.jpg", _jpeg((0, 255, 0))),
-                                         ("paris/louvre/paris_louvre_000002.jpg", _jpeg((0, 0, 255)))])
-        srv.truncate["/paris_2.tgz"] = 1  # cut off once, resumed
-        urls = [srv.url("/paris_1.tgz"), srv.url("/paris_2.tgz")]
-        home = fetch_revisitop("rparis6k", tmp_path, progress=False, gnd_url=srv.url("/gnd.pkl"), image_urls=urls)
-        assert sorted(p.name for p in (home / "jpg").iterdir()) == [
-            "paris_defense_000001.jpg", "paris_louvre_000001.jpg", "paris_louvre_000002.jpg"]
-        assert not (home / "paris_1.tgz").exists() and not (home / "paris_2.tgz").exists()
-        assert not (home / ".unpack").exists()
-        ds = load("rparis6k", root=tmp_path)
-        assert ds.n_gallery == 2 and ds.gnd[0]["ok"].tolist() == [1]
-        n = len(srv.requests)
-        fetch_revisitop("rparis6k", tmp_path, progress=False, gnd_url=srv.url("/gnd.pkl"), image_urls=urls)
-        assert len(srv.requests) == n  # complete: nothing fetched again
-    finally:
-        srv.close()
+    srv = http_server
+    gnd = {"imlist": ["paris_defense_000001", "paris_louvre_000001"], "qimlist": ["paris_louvre_000002"],
+           "gnd": [{"bbx": [0, 0, 10, 10], "easy": [1], "hard": [], "junk": [0]}]}
+    srv.files["/gnd.pkl"] = pickle.dumps(gnd)
+    srv.files["/paris_1.tgz"] = _tgz([("paris/defense/paris_defense_000001.jpg", _jpeg((255, 0, 0)))])
+    srv.files["/paris_2.tgz"] = _tgz([("paris/louvre/paris_louvre_000001.jpg", _jpeg((0, 255, 0))),
+                                     ("paris/louvre/paris_louvre_000002.jpg", _jpeg((0, 0, 255)))])
+    srv.truncate["/paris_2.tgz"] = 1  # cut off once, resumed
+    urls = [srv.url("/paris_1.tgz"), srv.url("/paris_2.tgz")]
+    home = fetch_revisitop("rparis6k", tmp_path, progress=False, gnd_url=srv.url("/gnd.pkl"), image_urls=urls)
+    assert sorted(p.name for p in (home / "jpg").iterdir()) == [
+        "paris_defense_000001.jpg", "paris_louvre_000001.jpg", "paris_louvre_000002.jpg"]
+    assert not (home / "paris_1.tgz").exists() and not (home / "paris_2.tgz").exists()
+    assert not (home / ".unpack").exists()
+    ds = load("rparis6k", root=tmp_path)
+    assert ds.n_gallery == 2 and ds.gnd[0]["ok"].tolist() == [1]
+    n = len(srv.requests)
+    fetch_revisitop("rparis6k", tmp_path, progress=False, gnd_url=srv.url("/gnd.pkl"), image_urls=urls)
+    assert len(srv.requests) == n  # complete: nothing fetched again
 
 
 def test_gnd_for_setting_rejects_unknown_setting():
