@@ -346,24 +346,34 @@ def test_corel_head_beats_frozen_and_evaluate_reproduces_it(corel_features, core
 def test_corel_learned_48_bit_hash_against_itq(corel_features, corel_csv, tmp_path):
     """Learned 48-bit codes vs ITQ (48 bits, fitted on the same training images) on the same test part.
 
-    Measured over seeds 0, 1, 2 (default config): Hamming R@10 by label, learned 0.2044 +- 0.0015 vs
-    ITQ 0.1998 +- 0.0009 (learned ahead at every seed); shortlist recall@10 against the frozen
-    features' exact top 10, learned 0.794 +- 0.009 vs ITQ 0.793 +- 0.007 (a tie: seed 1 loses).
-    So only the label-based comparison is asserted as a win; the exact-top-10 one is held to a tie.
+    Measured (default config, 100 queries x 450 held-out gallery images), seeds 0 / 1 / 2:
+    shortlist recall@10 of Algo 2's top 10, learned 0.736 / 0.744 / 0.738 vs ITQ 0.733 / 0.725 / 0.713
+    (learned ahead at all 5 seeds tried, mean +0.023); of the frozen features' top 10 a tie,
+    learned 0.795 / 0.783 / 0.804 vs ITQ 0.789 / 0.803 / 0.787.  Hamming R@10 by label, learned
+    0.2044 +- 0.0015 vs ITQ 0.1998 +- 0.0009.  One seed's margins are within a query's worth of
+    noise, so the wins are asserted on the mean over three seeds and the tie is held to 0.03.
     """
     from cbir_kit.train import train
 
-    result = train(f"csv:{corel_csv}", config=HeadConfig(kind="hash", n_bits=48),
-                   out=tmp_path / "hash.pt", plot=False, hierarchy=COREL_HIERARCHY, device="cpu",
-                   progress=False)
-    h = result.hashing
-    assert h["n_bits"] == 48
-    assert result.protocol["n_test_gallery"] == 450 and result.protocol["n_test_queries"] == 100
-    assert h["hamming_R@10_learned"] > h["hamming_R@10_itq"]
-    assert h["shortlist_recall@10_learned"] >= h["shortlist_recall@10_itq"] - 0.03
-    assert result.trained["mAP"] > result.frozen["mAP"] + 0.05
-    assert set(h["algo2"]) == set(h["algo2_hashes"]) >= {"mAP@10", "mAHP@10"}
-    assert "shortlist recall@10" in result.table() and "validation shortlist recall@10" in result.table()
+    runs = [train(f"csv:{corel_csv}", config=HeadConfig(kind="hash", n_bits=48, seed=seed),
+                  out=tmp_path / f"hash{seed}.pt", plot=False, hierarchy=COREL_HIERARCHY, device="cpu",
+                  progress=False) for seed in (0, 1, 2)]
+    for result in runs:
+        h = result.hashing
+        assert h["n_bits"] == 48
+        assert result.protocol["n_test_gallery"] == 450 and result.protocol["n_test_queries"] == 100
+        assert result.trained["mAP"] > result.frozen["mAP"] + 0.05
+        assert set(h["algo2"]) == set(h["algo2_hashes"]) >= {"mAP@10", "mAHP@10"}
+
+    def mean(key):
+        return float(np.mean([r.hashing[key] for r in runs]))
+
+    assert mean("shortlist_recall@10_algo2_learned") > mean("shortlist_recall@10_algo2_itq") + 0.005
+    assert mean("hamming_R@10_learned") > mean("hamming_R@10_itq")
+    assert mean("shortlist_recall@10_frozen_learned") >= mean("shortlist_recall@10_frozen_itq") - 0.03
+    table = runs[0].table()
+    assert "Algo 2's top 10" in table and "frozen features' top 10" in table
+    assert "validation shortlist recall@10" in table
 
 
 # --- full fine-tuning: one step of tiny random-initialised models on the CPU ------------
