@@ -13,7 +13,7 @@ from .datasets.cli import add_datasets
 from .errors import CbirError
 from .features import OFFLINE_MODEL
 from .grade.cli import add_grade
-from .train.command import add_train
+from .train.command import add_finetune, add_train
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="a name from `cbir datasets list` (demo, digits, corel1k, ...), folder:PATH, qg:PATH or "
                         "csv:PATH (default: demo)")
     p.add_argument("--model", default=OFFLINE_MODEL,
-                   help=f"efficientnet_lite0, resnet18, resnet50, clip:ARCH:PRETRAINED (default: {OFFLINE_MODEL})")
+                   help=f"efficientnet_lite0, resnet18, resnet50, clip:ARCH:PRETRAINED or finetuned:PATH "
+                        f"(from `cbir finetune`; default: {OFFLINE_MODEL})")
     p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -105,7 +106,7 @@ def methods_from_args(args):
                    calibration_fraction=args.calibration_fraction)
 
 
-COMMANDS = [add_evaluate, add_compare, add_datasets, add_train, add_bench, add_grade]
+COMMANDS = [add_evaluate, add_compare, add_datasets, add_train, add_finetune, add_bench, add_grade]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -156,6 +156,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
 
     ``head``: a head file from ``cbir train``; it maps the frozen features of queries and
     gallery before indexing, and the images it was trained on are left out (held-out test).
+    A ``finetuned:PATH`` model (``cbir finetune``) leaves out its training images the same way.
     """
     if k < 1:
         raise CbirError(f"--k must be at least 1; got {k}")
@@ -192,6 +193,11 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     head_info = {}
     if trained_head is not None:
         ds, queries, gallery, head_info = trained_head.prepare_evaluation(model, ds, queries, gallery)
+    elif model.startswith("finetuned:"):  # a fine-tuned network is tested on what it was not trained on
+        from .train.checkpoint import apply_hold_out, read_finetuned
+        protocol = read_finetuned(model.split(":", 1)[1]).get("protocol", {})
+        ds, queries, gallery, head_info = apply_hold_out(protocol.get("trained_fingerprints"), ds, queries,
+                                                         gallery, model)
 
     t0 = time.perf_counter()
     index = ExactIndex("ip").fit(gallery)
@@ -225,6 +231,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
         skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
                                  "metric": "inner product (cosine on L2-normalised features)",
-                                 **({"head": head_info} if head_info else {}), **method_config},
+                                 **({"held_out" if model.startswith("finetuned:") else "head": head_info}
+                                    if head_info else {}), **method_config},
         per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )

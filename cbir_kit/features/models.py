@@ -7,14 +7,18 @@
                             penultimate layer (512-d / 2048-d).  Append ``-gem`` for GeM pooling.
 ``clip:ARCH:PRETRAINED``    any open_clip pair, image tower, the model's own preprocessing;
                             ``PRETRAINED`` = ``none`` gives a random initialisation.
+``finetuned:PATH``          a network saved by ``cbir finetune`` (backbone, GeM, projection
+                            head; its base model's preprocessing), L2-normalised embeddings.
 
 Each entry builds a :class:`Backbone`: a module mapping a batch of preprocessed images
 (B, 3, H, W) to features (B, D), plus the preprocessing transform.
 """
 from __future__ import annotations
 
+import hashlib
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -205,18 +209,52 @@ MODELS: dict[str, Callable[[bool], Backbone]] = {
 }
 
 
+FINETUNED_PREFIX = "finetuned:"
+
+
+def _finetuned_path(spec: str) -> Path:
+    return Path(spec[len(FINETUNED_PREFIX):]).expanduser()
+
+
+def build_finetuned(spec: str) -> Backbone:
+    from ..train.checkpoint import load_finetuned
+
+    net = load_finetuned(_finetuned_path(spec))
+    return Backbone(net, net.preprocess, net.head.out_dim, spec, channels_last=not net.tokens)
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def check_spec(spec: str) -> None:
     """Raise a clear error if ``spec`` names no model (without building anything)."""
-    if spec.startswith("clip:"):
+    if spec.startswith(FINETUNED_PREFIX):
+        if not _finetuned_path(spec).is_file():
+            raise CbirError(f"--model {spec}: {_finetuned_path(spec)} does not exist; make it with "
+                            f"`cbir finetune --out {_finetuned_path(spec)}`")
+    elif spec.startswith("clip:"):
         if len(spec.split(":")) != 3:
             raise CbirError(f"model spec {spec!r} must be clip:ARCH:PRETRAINED, "
                             "e.g. clip:ViT-B-32:laion2b_s34b_b79k (or clip:ViT-B-32:none for random weights)")
     elif spec not in MODELS:
-        raise CbirError(f"unknown model {spec!r}; use one of {', '.join(MODELS)} or clip:ARCH:PRETRAINED")
+        raise CbirError(f"unknown model {spec!r}; use one of {', '.join(MODELS)}, clip:ARCH:PRETRAINED "
+                        "or finetuned:PATH")
 
 
 def preprocess_id(spec: str) -> str:
-    """A name for the preprocessing ``spec`` uses, known without building the model."""
+    """A name for the preprocessing ``spec`` uses, known without building the model.
+
+    For ``finetuned:PATH`` it names the file's content, so features cached for one
+    fine-tuned network are never reused for another saved under the same path.
+    """
+    if spec.startswith(FINETUNED_PREFIX):
+        return f"finetuned-sha256:{file_sha256(_finetuned_path(spec))}"
     if spec.startswith("clip:"):
         return f"open_clip-default:{spec.split(':')[1]}"
     return "resize256-bilinear-centercrop224-imagenet-norm"
@@ -225,6 +263,8 @@ def preprocess_id(spec: str) -> str:
 def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
     """Build the backbone named by ``spec`` (see the module docstring for the forms)."""
     check_spec(spec)
+    if spec.startswith(FINETUNED_PREFIX):
+        return build_finetuned(spec)
     if spec.startswith("clip:"):
         _, arch, tag = spec.split(":")
         return build_clip(arch, tag if pretrained else "none")

@@ -9,6 +9,8 @@
 * :mod:`.checkpoint`   one-file heads and applying them at evaluation time
 * :mod:`.run`          the ``cbir train`` job and its held-out protocol
 * :mod:`.backbone`     full fine-tuning of a CNN or open_clip ViT (GeM + head, LLRD, AMP)
+* :mod:`.finetune`     the ``cbir finetune`` job: augmentations, P-K epochs, early stopping, held-out
+                       test; the saved network is the model spec ``finetuned:PATH``
 """
 from .checkpoint import TrainedHead, load_head, save_head
 from .data import pk_batches, stratified_split

@@ -2,14 +2,16 @@
 
 The network (the CLIP-retrieval project's recipe)::
 
-    CNN (torchvision ResNet):   feature map (B, C, H, W) -> GeM -> ProjectionHead
+    CNN (torchvision ResNet,    feature map (B, C, H, W) -> GeM -> ProjectionHead
+    timm EfficientNet-Lite0):
     open_clip ViT:              patch tokens (B, N, W) after ln_post -> GeM over the N tokens
                                 -> ProjectionHead
 
 GeM with learnable p (initialised at 3): f_c = (mean_i max(x_ic, eps)^p)^(1/p).
 
 Layer-wise learning-rate decay: the trunk is cut into ordered blocks b = 0 .. L-1 (input
-side first: stem, then ResNet stages or ViT residual blocks); block b trains with
+side first: stem, then ResNet stages, EfficientNet stages and head convolution, or ViT
+residual blocks); block b trains with
 lr * decay^(L - b), the GeM p and the head with lr.  AdamW, weight decay ``weight_decay``
 on matrices and convolution kernels, none on biases, norms and embeddings (1-d tensors).
 
@@ -45,6 +47,17 @@ class TokenGeM(nn.Module):
         return self.gem(tokens.transpose(1, 2).unsqueeze(-1))
 
 
+class _TimmFeatureMap(nn.Module):
+    """A timm CNN up to its last feature map (B, C, H, W), before timm's own pooling."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
 class EmbeddingNet(nn.Module):
     """Backbone trunk -> GeM -> :class:`ProjectionHead`; ``blocks`` lists the trunk's LLRD blocks."""
 
@@ -65,37 +78,49 @@ class EmbeddingNet(nn.Module):
 
 def build_embedding_net(spec: str, out_dim: int = 512, dropout: float = 0.1, pretrained: bool = True,
                         image_size: int | None = None) -> EmbeddingNet:
-    """An :class:`EmbeddingNet` for ``resnet18``/``resnet50`` or ``clip:ARCH:PRETRAINED``.
+    """An :class:`EmbeddingNet` for ``efficientnet_lite0``, ``resnet18``/``resnet50`` or ``clip:ARCH:PRETRAINED``.
 
-    ``image_size`` (ViTs only) builds the open_clip model for that input size (random
-    initialisation or interpolated position embeddings), e.g. small images for a CPU test.
+    ``net.preprocess`` is the backbone's own evaluation transform (the one ``cbir evaluate``
+    uses for ``spec``).  ``image_size`` (ViTs only) builds the open_clip model for that input
+    size (random initialisation or interpolated position embeddings), e.g. small images for a
+    CPU test.
     """
     if spec.startswith("clip:"):
         import open_clip
 
         if image_size is None:
-            visual = build_backbone(spec, pretrained=pretrained).model.clip.visual
+            bb = build_backbone(spec, pretrained=pretrained)
+            visual, preprocess = bb.model.clip.visual, bb.preprocess
         else:
             _, arch, tag = spec.split(":")
             tag = None if (not pretrained or tag.lower() in ("", "none", "random")) else tag
             visual = open_clip.create_model(arch, pretrained=tag, force_image_size=image_size).visual
+            preprocess = open_clip.image_transform(image_size, is_train=False)
         if not hasattr(visual, "transformer"):
             raise CbirError(f"{spec} is not an open_clip ViT; full fine-tuning supports ResNets and ViTs")
         visual.output_tokens = True
-        width = visual.conv1.out_channels
         stem = [visual.conv1, visual.ln_pre]
         blocks = [nn.ModuleList(stem)] + list(visual.transformer.resblocks) + [visual.ln_post]
-        net = EmbeddingNet(visual, TokenGeM(), blocks, width, out_dim, dropout, tokens=True)
+        net = EmbeddingNet(visual, TokenGeM(), blocks, visual.conv1.out_channels, out_dim, dropout, tokens=True)
         net.extra_stem_params = [visual.class_embedding, visual.positional_embedding]
-        return net
-    base = spec.removesuffix("-gem")
-    if base not in ("resnet18", "resnet50"):
-        raise CbirError(f"full fine-tuning supports resnet18, resnet50 and clip:ARCH:PRETRAINED ViTs; got {spec!r}")
-    bb = build_backbone(base, pretrained=pretrained)
-    body, width = bb.model.body, bb.dim
-    conv1, bn1, _, _, *stages = list(body.children())
-    net = EmbeddingNet(body, GeM(learnable=True), [nn.ModuleList([conv1, bn1])] + stages, width, out_dim, dropout)
-    net.extra_stem_params = []
+    else:
+        base = spec.removesuffix("-gem")
+        if base not in ("efficientnet_lite0", "resnet18", "resnet50"):
+            raise CbirError(f"full fine-tuning supports efficientnet_lite0, resnet18, resnet50 and "
+                            f"clip:ARCH:PRETRAINED ViTs; got {spec!r}")
+        bb = build_backbone(base, pretrained=pretrained)
+        preprocess = bb.preprocess
+        if base == "efficientnet_lite0":
+            m = bb.model
+            trunk = _TimmFeatureMap(m)
+            blocks = [nn.ModuleList([m.conv_stem, m.bn1]), *m.blocks, nn.ModuleList([m.conv_head, m.bn2])]
+        else:
+            trunk = bb.model.body
+            conv1, bn1, _, _, *stages = list(trunk.children())
+            blocks = [nn.ModuleList([conv1, bn1])] + stages
+        net = EmbeddingNet(trunk, GeM(learnable=True), blocks, bb.dim, out_dim, dropout)
+        net.extra_stem_params = []
+    net.preprocess = preprocess
     return net
 
 

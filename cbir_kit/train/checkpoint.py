@@ -12,6 +12,11 @@ opening a head file never runs code)::
               image used for training or validation (so evaluation can hold them out)
 
 The head is written to a temporary file and renamed into place.
+
+A fully fine-tuned network (``cbir finetune``) is a file of the same kind, with ``format``
+``"finetuned-1"``, ``base`` holding what rebuilds it (model spec, out_dim, dropout,
+image_size) and ``state`` the whole network's state_dict; :func:`load_finetuned` rebuilds
+it, and the model spec ``finetuned:PATH`` makes it a feature extractor.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from ..images import fingerprint
 from .heads import build_head
 
 HEAD_FORMAT = 1
+FINETUNED_FORMAT = "finetuned-1"
 
 
 @dataclass
@@ -71,15 +77,6 @@ class TrainedHead:
             raise CbirError(f"{name} expects {self.head.in_dim}-d features but {model} gives {dim}-d; "
                             "retrain the head on these features")
 
-    def held_out_masks(self, query_refs, gallery_refs) -> tuple[np.ndarray, np.ndarray]:
-        """Boolean masks keeping the queries and gallery images the head was not trained on."""
-        trained = set(self.protocol.get("trained_fingerprints", []))
-        if not trained:
-            return np.ones(len(query_refs), bool), np.ones(len(gallery_refs), bool)
-        keep_q = np.array([fingerprint(r) not in trained for r in query_refs], bool)
-        keep_g = np.array([fingerprint(r) not in trained for r in gallery_refs], bool)
-        return keep_q, keep_g
-
     def prepare_evaluation(self, model: str, ds, queries, gallery):
         """What ``cbir evaluate --head`` searches: held-out images only, mapped through the head.
 
@@ -88,25 +85,27 @@ class TrainedHead:
         returns ``(dataset, query embeddings, gallery embeddings, info)``.
         """
         self.check_base(model, np.asarray(gallery).shape[1])
-        keep_q, keep_g = self.held_out_masks(ds.query, ds.gallery)
-        if not keep_q.any() or keep_g.sum() < 2:
-            raise CbirError(f"every query or gallery image of {ds.name} was used to train {self.path}; "
-                            "evaluate the head on images it has not seen")
-        if not (keep_q.all() and keep_g.all()):
-            ds = ds.subset(keep_q, keep_g)
-        info = {"path": self.path, "kind": self.kind, "out_dim": self.head.out_dim,
-                "held_out": "images the head was trained or validated on are left out",
-                "dropped_queries": int((~keep_q).sum()), "dropped_gallery": int((~keep_g).sum())}
-        return ds, self.apply(np.asarray(queries)[keep_q]), self.apply(np.asarray(gallery)[keep_g]), info
+        ds, queries, gallery, info = apply_hold_out(self.protocol.get("trained_fingerprints"), ds, queries, gallery,
+                                                    self.path or "the head")
+        info = {"path": self.path, "kind": self.kind, "out_dim": self.head.out_dim, **info}
+        return ds, self.apply(queries), self.apply(gallery), info
 
 
 def save_head(path, head: nn.Module, base: dict, config: dict, metrics: dict, protocol: dict) -> Path:
     """Write a head file atomically (see the module docstring)."""
+    return save_atomically(path, {"format": HEAD_FORMAT, "head": head.hparams(), "state": cpu_state(head),
+                                  "base": base, "config": config, "metrics": metrics, "protocol": protocol})
+
+
+def cpu_state(module: nn.Module) -> dict:
+    """A detached CPU copy of ``module``'s state_dict."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def save_atomically(path, payload: dict) -> Path:
+    """``torch.save(payload)`` to a temporary file beside ``path``, then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": HEAD_FORMAT, "head": head.hparams(),
-               "state": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-               "base": base, "config": config, "metrics": metrics, "protocol": protocol}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -116,6 +115,15 @@ def save_head(path, head: nn.Module, base: dict, config: dict, metrics: dict, pr
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def held_out_masks(trained_fingerprints, query_refs, gallery_refs) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks keeping the queries and gallery images whose content hash is not a trained one."""
+    trained = set(trained_fingerprints or ())
+    if not trained:
+        return np.ones(len(query_refs), bool), np.ones(len(gallery_refs), bool)
+    return (np.array([fingerprint(r) not in trained for r in query_refs], bool),
+            np.array([fingerprint(r) not in trained for r in gallery_refs], bool))
 
 
 def load_head(path) -> TrainedHead:
@@ -138,3 +146,54 @@ def load_head(path) -> TrainedHead:
     head.eval()
     return TrainedHead(head=head, base=payload["base"], config=payload.get("config", {}),
                        metrics=payload.get("metrics", {}), protocol=payload.get("protocol", {}), path=str(path))
+
+
+def apply_hold_out(trained_fingerprints, ds, queries, gallery, what: str):
+    """``(dataset, queries, gallery, info)`` without the images a model was trained or validated on."""
+    keep_q, keep_g = held_out_masks(trained_fingerprints, ds.query, ds.gallery)
+    if not keep_q.any() or keep_g.sum() < 2:
+        raise CbirError(f"every query or gallery image of {ds.name} was used to train {what}; "
+                        "evaluate it on images it has not seen")
+    if not (keep_q.all() and keep_g.all()):
+        ds = ds.subset(keep_q, keep_g)
+    info = {"held_out": f"images {what} was trained or validated on are left out",
+            "dropped_queries": int((~keep_q).sum()), "dropped_gallery": int((~keep_g).sum())}
+    return ds, np.asarray(queries)[keep_q], np.asarray(gallery)[keep_g], info
+
+
+def save_finetuned(path, net: nn.Module, base: dict, config: dict, metrics: dict, protocol: dict) -> Path:
+    """Write a fine-tuned network file atomically (module docstring)."""
+    return save_atomically(path, {"format": FINETUNED_FORMAT, "base": base, "state": cpu_state(net),
+                                  "config": config, "metrics": metrics, "protocol": protocol})
+
+
+def read_finetuned(path) -> dict:
+    """The payload of a fine-tuned network file; errors name the file and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CbirError(f"--model finetuned:{path}: the file does not exist; make it with "
+                        f"`cbir finetune --out {path}`")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types
+        raise CbirError(f"--model finetuned:{path} is not a cbir_kit fine-tuned network "
+                        f"({type(err).__name__}: {err}); make one with `cbir finetune`") from err
+    if not isinstance(payload, dict) or payload.get("format") != FINETUNED_FORMAT:
+        raise CbirError(f"--model finetuned:{path} is not a cbir_kit fine-tuned network of format "
+                        f"{FINETUNED_FORMAT}; make one with `cbir finetune`")
+    return payload
+
+
+def load_finetuned(path) -> nn.Module:
+    """Rebuild the network of a fine-tuned network file, in eval mode (``.preprocess`` attached)."""
+    from .backbone import build_embedding_net
+
+    payload = read_finetuned(path)
+    base = payload["base"]
+    try:
+        net = build_embedding_net(base["model"], base["out_dim"], base["dropout"], pretrained=False,
+                                  image_size=base.get("image_size"))
+        net.load_state_dict(payload["state"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise CbirError(f"--model finetuned:{path} is damaged ({err}); fine-tune again with `cbir finetune`") from err
+    return net.eval()

@@ -8,16 +8,22 @@ least one and at most n_c - 1 when n_c >= 2), chosen by a seeded permutation.
 (with replacement only when a class has fewer than K).  The sampler draws from numpy's
 global-style ``RandomState``; here it is given its own ``RandomState(seed)`` for the
 duration of the epoch, so batches depend on the seed alone.
+
+``hold_out`` is the protocol of ``cbir train`` and ``cbir finetune`` (stated in
+:mod:`.run`): the gallery split per class into training (itself split into fit and
+validation parts) and held-out images; queries byte-identical to a training image dropped.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 from pytorch_metric_learning.samplers import MPerClassSampler
 from pytorch_metric_learning.utils import common_functions as pml_common
 
 from ..errors import CbirError
+from ..images import fingerprint
 
 
 def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +66,45 @@ def pk_batches(labels, p: int, k: int, n_items: int, seed: int) -> list[np.ndarr
     with _seeded_sampler_rng(seed):
         order = np.fromiter(iter(sampler), dtype=np.int64)
     return [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+
+
+@dataclass
+class HoldOut:
+    """One seeded split of a labelled dataset (module docstring); indices are gallery rows."""
+
+    classes: list
+    labels: np.ndarray          # integer class of every gallery image (index into ``classes``)
+    fit_idx: np.ndarray         # trained on
+    val_idx: np.ndarray         # early stopping only
+    keep_query: np.ndarray      # bool per query: not one of the training images
+    keep_gallery: np.ndarray    # bool per gallery image: held out
+    trained_fingerprints: list  # content hashes of every training and validation image
+
+    @property
+    def train_idx(self) -> np.ndarray:
+        return np.sort(np.concatenate([self.fit_idx, self.val_idx]))
+
+
+def class_codes(labels, classes) -> np.ndarray:
+    """Integer codes of ``labels`` by position in ``classes`` (-1 for a label not in it)."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup.get(c, -1) for c in np.asarray(labels).tolist()], np.int64)
+
+
+def hold_out(ds, train_fraction: float, val_fraction: float, seed: int) -> HoldOut:
+    """Split ``ds`` (a :class:`~cbir_kit.datasets.Dataset`) for training (module docstring)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise CbirError(f"--val-fraction must lie strictly between 0 and 1; got {val_fraction}")
+    classes = sorted(set(np.asarray(ds.gallery_labels).tolist()), key=str)
+    y = class_codes(ds.gallery_labels, classes)
+    train_idx, _ = stratified_split(y, train_fraction, seed)
+    fit_pos, val_pos = stratified_split(y[train_idx], 1.0 - val_fraction, seed + 1)
+    trained = sorted({fingerprint(ds.gallery[i]) for i in train_idx})
+    keep_g = np.ones(len(y), bool)
+    keep_g[train_idx] = False
+    trained_set = set(trained)
+    keep_q = keep_g.copy() if ds.leave_one_out else np.array([fingerprint(r) not in trained_set for r in ds.query], bool)
+    if not keep_q.any() or keep_g.sum() < 2:
+        raise CbirError(f"{ds.name}: nothing is left to test on after holding out the training images; "
+                        "lower --train-fraction")
+    return HoldOut(classes, y, train_idx[fit_pos], train_idx[val_pos], keep_q, keep_g, trained)

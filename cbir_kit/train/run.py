@@ -47,10 +47,9 @@ from ..datasets import Dataset, load
 from ..errors import CbirError
 from ..evaluate import full_ranking_metrics, write_json_atomic
 from ..features import OFFLINE_MODEL, FeatureCache, create_extractor
-from ..images import fingerprint
 from ..index import ExactIndex
 from .checkpoint import TrainedHead, save_head
-from .data import stratified_split
+from .data import hold_out
 from .fit import FitResult, HeadConfig, fit_head
 from .hash_retrieval import algo2_hash_search, algo2_search, hamming_recall_at_k, shortlist_recall_at_k
 from .losses import class_targets
@@ -128,23 +127,23 @@ def read_hierarchy(path) -> dict:
     return {r[0].strip(): r[1].strip() for r in rows}
 
 
-def save_curve(path, fit: FitResult, title: str) -> Path:
-    """Loss and validation mAP per epoch as a PNG, written atomically."""
+def save_curve(path, history: dict, best_epoch: int, title: str) -> Path:
+    """Loss and validation mAP (and shortlist recall@10, when measured) per epoch as a PNG, written atomically."""
     import matplotlib.pyplot as plt
 
-    h = fit.history
+    h = history
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(h["epoch"], h["loss"], color="tab:blue", marker="o", ms=3, label="training loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss", color="tab:blue")
     ax2 = ax.twinx()
     ax2.plot(h["epoch"], h["val_mAP"], color="tab:orange", marker="s", ms=3, label="validation mAP")
-    if fit.config.kind == "hash":
+    if not np.all(np.isnan(h.get("val_shortlist_recall@10", [np.nan]))):
         ax2.plot(h["epoch"], h["val_shortlist_recall@10"], color="tab:green", marker="^", ms=3,
                  label="validation shortlist recall@10")
         ax2.legend(loc="lower right", fontsize=7)
     ax2.set_ylabel("validation mAP", color="tab:orange")
-    ax2.axvline(fit.best_epoch, color="grey", ls=":", lw=1)
+    ax2.axvline(best_epoch, color="grey", ls=":", lw=1)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
@@ -159,11 +158,6 @@ def save_curve(path, fit: FitResult, title: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def _class_codes(labels, classes) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(classes)}
-    return np.array([lookup.get(c, -1) for c in np.asarray(labels).tolist()], np.int64)
 
 
 def _hash_report(th: TrainedHead, ds_test: Dataset, q_test, g_test, train_feats, hierarchy, seed) -> dict:
@@ -208,8 +202,6 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     """
     config = config or HeadConfig()
     config.check()
-    if not 0.0 < val_fraction < 1.0:
-        raise CbirError(f"--val-fraction must lie strictly between 0 and 1; got {val_fraction}")
     t_start = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=config.seed)
     if ds.gnd is not None:
@@ -224,23 +216,10 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     gallery, queries = g_feats.vectors[g_feats.ok], q_feats.vectors[q_feats.ok]
     extract_s = time.perf_counter() - t_start
 
-    classes = sorted(set(np.asarray(ds.gallery_labels).tolist()), key=str)
-    y = _class_codes(ds.gallery_labels, classes)
-    train_idx, _ = stratified_split(y, train_fraction, config.seed)
-    fit_pos, val_pos = stratified_split(y[train_idx], 1.0 - val_fraction, config.seed + 1)
-    fit_idx, val_idx = train_idx[fit_pos], train_idx[val_pos]
-
-    trained_fp = sorted({fingerprint(ds.gallery[i]) for i in train_idx})
-    keep_g = np.ones(len(gallery), bool)
-    keep_g[train_idx] = False
-    trained_set = set(trained_fp)
-    keep_q = keep_g.copy() if ds.leave_one_out else \
-        np.array([fingerprint(r) not in trained_set for r in ds.query], bool)
-    ds_test = ds.subset(keep_q, keep_g)
-    q_test, g_test = queries[keep_q], gallery[keep_g]
-    if len(q_test) == 0 or len(g_test) < 2:
-        raise CbirError(f"{ds.name}: nothing is left to test on after holding out the training images; "
-                        "lower --train-fraction")
+    split = hold_out(ds, train_fraction, val_fraction, config.seed)
+    classes, y, fit_idx, val_idx = split.classes, split.labels, split.fit_idx, split.val_idx
+    ds_test = ds.subset(split.keep_query, split.keep_gallery)
+    q_test, g_test = queries[split.keep_query], gallery[split.keep_gallery]
 
     targets = None
     if config.kind == "hash":
@@ -257,7 +236,7 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
         "head": head_desc, "seed": config.seed, "train_fraction": train_fraction, "val_fraction": val_fraction,
         "n_train": int(len(fit_idx)), "n_val": int(len(val_idx)),
         "n_test_queries": int(len(q_test)), "n_test_gallery": int(len(g_test)),
-        "classes": [str(c) for c in classes], "trained_fingerprints": trained_fp,
+        "classes": [str(c) for c in classes], "trained_fingerprints": split.trained_fingerprints,
     }
     base = {**extractor.cache_identity(), "dim": int(gallery.shape[1])}
     th = TrainedHead(head=fit.head, base=base)
@@ -271,7 +250,7 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     head_path = save_head(out, fit.head, base, asdict(config), metrics, protocol)
     curve_path = None
     if plot:
-        curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), fit,
+        curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), fit.history, fit.best_epoch,
                                     f"{ds.name} | {model} | {head_desc}"))
     timings = {"extract_s": extract_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start}
     public_protocol = {key: v for key, v in protocol.items() if key != "trained_fingerprints"}

@@ -1,0 +1,246 @@
+"""The ``cbir finetune`` job: full fine-tuning of a backbone on images (meant for a GPU).
+
+Protocol: the one of ``cbir train`` (:mod:`.run`, :func:`.data.hold_out`): the gallery is
+split per class, seeded, into fit, validation and held-out images, and every query that is
+not byte-identical to a training image is searched against the held-out gallery only.
+
+Training (the CLIP-retrieval project's recipe, :mod:`.backbone` for the network and the
+optimiser): per epoch, P-K class-balanced batches of the fit images (:func:`.data.pk_batches`),
+each image decoded and augmented by :func:`training_transform`, one
+:meth:`~.backbone.Finetuner.step` per batch (gradient accumulation, clipping, AMP on CUDA,
+layer-wise learning-rate decay, warm-up + cosine over all optimiser steps, metric-learning
+loss with mining after ``mining_warmup`` epochs).  After every epoch the validation images
+query the fit + validation images (each query's own row removed) with the backbone's
+evaluation transform; the epoch with the best validation mAP is kept, and training stops
+after ``patience`` epochs without a better one.
+
+Test: the frozen backbone's features (from the feature cache) and the fine-tuned network's
+embeddings are both extracted by :func:`~cbir_kit.features.create_extractor` (the fine-tuned
+one as the model spec ``finetuned:PATH``) and measured with the same exact search and
+full-ranking metrics as ``cbir evaluate``, so ``cbir evaluate --model finetuned:PATH``
+applies the same hold-out and reproduces the reported numbers.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torchvision import transforms as T
+from tqdm.auto import tqdm
+
+from ..datasets import Dataset, load
+from ..errors import CbirError
+from ..evaluate import full_ranking_metrics, write_json_atomic
+from ..features import FeatureCache, create_extractor, resolve_device
+from ..images import open_image
+from ..index import ExactIndex
+from .backbone import FinetuneConfig, Finetuner, build_embedding_net
+from .checkpoint import cpu_state, save_finetuned
+from .data import hold_out, pk_batches
+from .fit import leave_one_out_map
+
+
+def training_transform(preprocess) -> T.Compose:
+    """Augmentations of the CLIP-retrieval project around a backbone's evaluation transform.
+
+    RandomResizedCrop to the evaluation crop size (scale 0.5-1), horizontal flip (p 0.5),
+    colour jitter (brightness, contrast, saturation 0.3, hue 0.05; p 0.8), greyscale (p 0.1),
+    the evaluation transform's normalisation, random erasing (p 0.25).
+    """
+    steps = list(getattr(preprocess, "transforms", []))
+    norm = next((t for t in steps if isinstance(t, T.Normalize)), None)
+    crop = next((t for t in steps if isinstance(t, T.CenterCrop)), None)
+    if norm is None or crop is None:
+        raise CbirError(f"cannot derive training augmentations from {preprocess!r}: it needs a CenterCrop "
+                        "and a Normalize step")
+    return T.Compose([
+        T.RandomResizedCrop(crop.size, scale=(0.5, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.3, 0.3, 0.3, 0.05)], p=0.8),
+        T.RandomGrayscale(p=0.1),
+        T.ToTensor(),
+        T.Normalize(norm.mean, norm.std),
+        T.RandomErasing(p=0.25),
+    ])
+
+
+class LabelledImages(TorchDataset):
+    """Images decoded from disk through ``transform``, with integer labels."""
+
+    def __init__(self, refs, labels, transform):
+        self.refs, self.labels, self.transform = list(refs), np.asarray(labels, np.int64), transform
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i):
+        return self.transform(open_image(self.refs[i])), int(self.labels[i])
+
+
+@torch.no_grad()
+def embed_images(net, refs, transform, device, batch_size: int, num_workers: int) -> np.ndarray:
+    """Embeddings (N, out_dim) of images ``refs`` by ``net`` in eval mode."""
+    net.eval()
+    loader = DataLoader(LabelledImages(refs, np.zeros(len(refs)), transform), batch_size=batch_size,
+                        num_workers=num_workers)
+    return np.concatenate([net(x.to(device)).float().cpu().numpy() for x, _ in loader])
+
+
+@dataclass
+class FinetuneResult:
+    """What one fine-tuning run measured; ``to_dict()`` is what ``--json`` writes."""
+
+    dataset: str
+    model: str
+    protocol: dict
+    frozen: dict
+    trained: dict
+    history: dict
+    best_epoch: int
+    stopped_early: bool
+    path: str
+    curve_path: str | None = None
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "model": self.model, "protocol": self.protocol,
+                "metrics": {"frozen": self.frozen, "finetuned": self.trained}, "history": self.history,
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early, "network": self.path,
+                "loss_curve": self.curve_path, "timings": self.timings}
+
+    def table(self) -> str:
+        p = self.protocol
+        lines = [f"dataset  {self.dataset}", f"model    {self.model}, fully fine-tuned ({p['network']})",
+                 f"protocol {p['description']}",
+                 f"         train {p['n_train']}  validation {p['n_val']}  |  test: {p['n_test_queries']} queries "
+                 f"x {p['n_test_gallery']} held-out gallery images  (seed {p['seed']})",
+                 f"stopped  epoch {self.best_epoch} kept (validation mAP "
+                 f"{self.history['val_mAP'][self.best_epoch - 1]:.4f})"
+                 + ("; stopped early" if self.stopped_early else ""),
+                 "", "metric        frozen    fine-tuned"]
+        lines += [f"{name:<13} {self.frozen[name]:.4f}    {self.trained[name]:.4f}" for name in self.frozen]
+        lines += ["", f"network  {self.path}  (use it as --model finetuned:{self.path})"]
+        if self.curve_path:
+            lines.append(f"curve    {self.curve_path}")
+        return "\n".join(lines)
+
+
+def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
+             config: FinetuneConfig | None = None, out: str | os.PathLike = "finetuned.pt",
+             curve: str | os.PathLike | None = None, plot: bool = True, epochs: int = 10, p: int = 32, k: int = 4,
+             mining_warmup: int = 1, patience: int = 3, out_dim: int = 512, dropout: float = 0.1,
+             train_fraction: float = 0.5, val_fraction: float = 0.2, seed: int = 0, pretrained: bool = True,
+             image_size: int | None = None, top_k: int = 10, root=None, cache_dir=None, device: str = "auto",
+             batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> FinetuneResult:
+    """Run the protocol of the module docstring; save the best network to ``out``.
+
+    ``pretrained=False`` starts from random weights (for tests); ``image_size`` builds an
+    open_clip ViT for that input size.  With ``plot`` the loss curve goes to ``curve``
+    (default: ``out`` with suffix ``.png``).
+    """
+    config = config or FinetuneConfig()
+    if epochs < 1 or patience < 1 or p < 2 or k < 2:
+        raise CbirError(f"--epochs and --patience must be at least 1 and --p, --per-class at least 2; "
+                        f"got {epochs}, {patience}, {p}, {k}")
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
+    if ds.gnd is not None:
+        raise CbirError(f"{ds.name} has revisitop ground truth (no class labels to train on); "
+                        "fine-tune on a labelled dataset such as corel1k or csv:PATH")
+    frozen_extractor = create_extractor(model, device=device, pretrained=pretrained, num_workers=num_workers)
+    cache = FeatureCache(cache_dir)
+    g_feats, _ = cache.get_or_extract(frozen_extractor, ds.gallery, progress, desc="gallery")
+    q_feats = g_feats if ds.leave_one_out else cache.get_or_extract(frozen_extractor, ds.query, progress,
+                                                                    desc="queries")[0]
+    if not (g_feats.ok.all() and q_feats.ok.all()):  # images that fail to decode are left out
+        ds = ds.subset(q_feats.ok, g_feats.ok)
+    gallery, queries = g_feats.vectors[g_feats.ok], q_feats.vectors[q_feats.ok]
+    split = hold_out(ds, train_fraction, val_fraction, seed)
+    ds_test = ds.subset(split.keep_query, split.keep_gallery)
+
+    dev = resolve_device(device)
+    workers = frozen_extractor.num_workers if num_workers is None else num_workers
+    net = build_embedding_net(model, out_dim, dropout, pretrained=pretrained, image_size=image_size).to(dev)
+    fit_refs, y_fit = [ds.gallery[i] for i in split.fit_idx], split.labels[split.fit_idx]
+    pool_refs = fit_refs + [ds.gallery[i] for i in split.val_idx]
+    pool_labels = np.concatenate([y_fit, split.labels[split.val_idx]])
+    val_rows = np.arange(len(fit_refs), len(pool_refs))
+    batches_per_epoch = len(pk_batches(y_fit, p, k, len(fit_refs), seed))
+    steps_per_epoch = max(1, batches_per_epoch // config.accumulation)
+    config = FinetuneConfig(**{**asdict(config), "total_steps": epochs * steps_per_epoch,
+                               "mining_after_step": mining_warmup * steps_per_epoch})
+    tuner = Finetuner(net, config, dev)
+    train_data = LabelledImages(fit_refs, y_fit, training_transform(net.preprocess))
+
+    history = {"epoch": [], "loss": [], "val_mAP": [], "lr": []}
+    best_state, best_map, best_epoch, since_best, stopped_early = None, -1.0, 0, 0, False
+    t0 = time.perf_counter()
+    bar = tqdm(range(epochs), desc=f"fine-tune {model}", unit="epoch", disable=not progress)
+    for epoch in bar:
+        batches = pk_batches(y_fit, p, k, len(fit_refs), seed * 100003 + epoch)
+        loader = DataLoader(train_data, batch_sampler=batches, num_workers=workers,
+                            generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        losses = [tuner.step(x, y)["loss"] for x, y in loader]
+        pool = embed_images(net, pool_refs, net.preprocess, dev, batch_size, workers)
+        val_map = leave_one_out_map(pool[val_rows], pool_labels[val_rows], pool, pool_labels, val_rows)
+        history["epoch"].append(epoch + 1)
+        history["loss"].append(float(np.mean(losses)))
+        history["val_mAP"].append(val_map)
+        history["lr"].append(tuner.optimiser.param_groups[-1]["lr"])
+        bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", val_mAP=f"{val_map:.4f}")
+        if val_map > best_map:
+            best_state, best_map, best_epoch, since_best = cpu_state(net), val_map, epoch + 1, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                stopped_early = True
+                break
+    bar.close()
+    fit_s = time.perf_counter() - t0
+    net.load_state_dict(best_state)
+
+    protocol = {
+        "description": "gallery split per class into train/held-out; test = queries vs held-out gallery",
+        "network": f"GeM + projection head ({out_dim}-d), {config.loss} loss", "seed": seed,
+        "train_fraction": train_fraction, "val_fraction": val_fraction,
+        "n_train": int(len(split.fit_idx)), "n_val": int(len(split.val_idx)),
+        "n_test_queries": int(split.keep_query.sum()), "n_test_gallery": int(split.keep_gallery.sum()),
+        "classes": [str(c) for c in split.classes], "trained_fingerprints": split.trained_fingerprints,
+    }
+    base = {"model": model, "pretrained": pretrained, "out_dim": out_dim, "dropout": dropout,
+            "image_size": image_size}
+    settings = {**asdict(config), "epochs": epochs, "p": p, "k": k, "mining_warmup": mining_warmup,
+                "patience": patience}
+    save_finetuned(out, net, base, settings, {"best_val_mAP": best_map, "best_epoch": best_epoch}, protocol)
+
+    k_eff = min(top_k, int(split.keep_gallery.sum()) - (1 if ds.leave_one_out else 0))
+    q_test, g_test = queries[split.keep_query], gallery[split.keep_gallery]
+    frozen = full_ranking_metrics(ExactIndex("ip").fit(g_test), q_test, ds_test, k_eff)[0]
+    tuned_extractor = create_extractor(f"finetuned:{out}", device=device, batch_size=batch_size,
+                                       num_workers=num_workers)
+    g_tuned, _ = cache.get_or_extract(tuned_extractor, ds_test.gallery, progress, desc="held-out gallery")
+    q_tuned = g_tuned if ds.leave_one_out else \
+        cache.get_or_extract(tuned_extractor, ds_test.query, progress, desc="queries")[0]
+    trained = full_ranking_metrics(ExactIndex("ip").fit(g_tuned.vectors), q_tuned.vectors, ds_test, k_eff)[0]
+
+    curve_path = None
+    if plot:
+        from .run import save_curve
+
+        curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), history, best_epoch,
+                                    f"{ds.name} | {model} fine-tuned"))
+    public_protocol = {key: v for key, v in protocol.items() if key != "trained_fingerprints"}
+    return FinetuneResult(dataset=ds.name, model=model, protocol=public_protocol, frozen=frozen, trained=trained,
+                          history=history, best_epoch=best_epoch, stopped_early=stopped_early, path=str(out),
+                          curve_path=curve_path,
+                          timings={"fit_s": fit_s, "total_s": time.perf_counter() - t_start})
+
+
+def write_result_json(result: FinetuneResult, path) -> None:
+    write_json_atomic(path, result.to_dict())
