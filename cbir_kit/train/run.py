@@ -130,11 +130,13 @@ def read_hierarchy(path) -> dict:
 def save_curve(path, history: dict, best_epoch: int, title: str) -> Path:
     """Loss and validation mAP (and shortlist recall@10, when measured) per epoch as a PNG, written atomically."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     h = history
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(h["epoch"], h["loss"], color="tab:blue", marker="o", ms=3, label="training loss")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss", color="tab:blue")
     ax2 = ax.twinx()
     ax2.plot(h["epoch"], h["val_mAP"], color="tab:orange", marker="s", ms=3, label="validation mAP")
