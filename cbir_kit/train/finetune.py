@@ -43,6 +43,7 @@ from .backbone import FinetuneConfig, Finetuner, build_embedding_net
 from .checkpoint import cpu_state, save_finetuned
 from .data import hold_out, pk_batches
 from .fit import leave_one_out_map
+from .run import metric_columns, protocol_lines, save_curve
 
 
 def training_transform(preprocess) -> T.Compose:
@@ -116,15 +117,12 @@ class FinetuneResult:
     def table(self) -> str:
         p = self.protocol
         lines = [f"dataset  {self.dataset}", f"model    {self.model}, fully fine-tuned ({p['network']})",
-                 f"protocol {p['description']}",
-                 f"         train {p['n_train']}  validation {p['n_val']}  |  test: {p['n_test_queries']} queries "
-                 f"x {p['n_test_gallery']} held-out gallery images  (seed {p['seed']})",
+                 *protocol_lines(p),
                  f"stopped  epoch {self.best_epoch} kept (validation mAP "
                  f"{self.history['val_mAP'][self.best_epoch - 1]:.4f})"
                  + ("; stopped early" if self.stopped_early else ""),
-                 "", "metric        frozen    fine-tuned"]
-        lines += [f"{name:<13} {self.frozen[name]:.4f}    {self.trained[name]:.4f}" for name in self.frozen]
-        lines += ["", f"network  {self.path}  (use it as --model finetuned:{self.path})"]
+                 *metric_columns(self.frozen, self.trained, "fine-tuned"),
+                 "", f"network  {self.path}  (use it as --model finetuned:{self.path})"]
         if self.curve_path:
             lines.append(f"curve    {self.curve_path}")
         return "\n".join(lines)
@@ -231,8 +229,6 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
 
     curve_path = None
     if plot:
-        from .run import save_curve
-
         curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), history, best_epoch,
                                     f"{ds.name} | {model} fine-tuned"))
     public_protocol = {key: v for key, v in protocol.items() if key != "trained_fingerprints"}

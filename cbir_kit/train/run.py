@@ -81,17 +81,13 @@ class TrainResult:
     def table(self) -> str:
         p = self.protocol
         lines = [f"dataset  {self.dataset}", f"model    {self.model} (frozen) + {p['head']}",
-                 f"protocol {p['description']}",
-                 f"         train {p['n_train']}  validation {p['n_val']}  |  test: {p['n_test_queries']} queries "
-                 f"x {p['n_test_gallery']} held-out gallery images  (seed {p['seed']})",
+                 *protocol_lines(p),
                  f"stopped  epoch {self.fit.best_epoch} kept (validation mAP {self.fit.best_val_map:.4f}"
                  + (f", validation shortlist recall@10 "
                     f"{self.fit.history['val_shortlist_recall@10'][self.fit.best_epoch - 1]:.4f})"
                     if self.fit.config.kind == "hash" else ")")
                  + ("; stopped early" if self.fit.stopped_early else ""),
-                 "", "metric        frozen    head"]
-        for name in self.frozen:
-            lines.append(f"{name:<13} {self.frozen[name]:.4f}    {self.trained[name]:.4f}")
+                 *metric_columns(self.frozen, self.trained, "head")]
         if self.hashing:
             lines += ["", f"binary hash ({self.hashing['n_bits']} bits, hierarchy: {self.hashing['hierarchy']})",
                       "metric            Algo 2    Algo 2 + hashes (shortlist 2k)"]
@@ -108,6 +104,18 @@ class TrainResult:
         if self.curve_path:
             lines.append(f"curve    {self.curve_path}")
         return "\n".join(lines)
+
+
+def protocol_lines(p: dict) -> list[str]:
+    """The protocol of a training run as printed in its table."""
+    return [f"protocol {p['description']}",
+            f"         train {p['n_train']}  validation {p['n_val']}  |  test: {p['n_test_queries']} queries "
+            f"x {p['n_test_gallery']} held-out gallery images  (seed {p['seed']})"]
+
+
+def metric_columns(frozen: dict, trained: dict, name: str) -> list[str]:
+    """Frozen and trained metrics side by side, one row per metric."""
+    return ["", f"metric        frozen    {name}"] + [f"{m:<13} {frozen[m]:.4f}    {trained[m]:.4f}" for m in frozen]
 
 
 def read_hierarchy(path) -> dict:
