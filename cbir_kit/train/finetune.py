@@ -88,7 +88,7 @@ def embed_images(net, refs, transform, device, batch_size: int, num_workers: int
     """Embeddings (N, out_dim) of images ``refs`` by ``net`` in eval mode."""
     net.eval()
     loader = DataLoader(LabelledImages(refs, np.zeros(len(refs)), transform), batch_size=batch_size,
-                        num_workers=num_workers)
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
     return np.concatenate([net(x.to(device)).float().cpu().numpy() for x, _ in loader])
 
 
@@ -182,9 +182,10 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
     bar = tqdm(range(epochs), desc=f"fine-tune {model}", unit="epoch", disable=not progress)
     for epoch in bar:
         batches = pk_batches(y_fit, p, k, len(fit_refs), seed * 100003 + epoch)
-        loader = DataLoader(train_data, batch_sampler=batches, num_workers=workers,
+        loader = DataLoader(train_data, batch_sampler=batches, num_workers=workers, pin_memory=dev.type == "cuda",
                             generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        losses = [tuner.step(x, y)["loss"] for x, y in loader]
+        losses = [tuner.step(x, y)["loss"] for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch",
+                                                             leave=False, disable=not progress)]
         pool = embed_images(net, pool_refs, net.preprocess, dev, batch_size, workers)
         val_map = leave_one_out_map(pool[val_rows], pool_labels[val_rows], pool, pool_labels, val_rows)
         history["epoch"].append(epoch + 1)
