@@ -19,6 +19,9 @@ embeddings are both extracted by :func:`~cbir_kit.features.create_extractor` (th
 one as the model spec ``finetuned:PATH``) and measured with the same exact search and
 full-ranking metrics as ``cbir evaluate``, so ``cbir evaluate --model finetuned:PATH``
 applies the same hold-out and reproduces the reported numbers.
+
+Seeded: the split, the batches and the augmentations' workers follow ``seed``, and torch's
+global random state is set from it (the head's initialisation, dropout, random erasing).
 """
 from __future__ import annotations
 
