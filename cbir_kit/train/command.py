@@ -39,7 +39,7 @@ def run_finetune(args) -> int:
                       plot=not args.no_plot, epochs=args.epochs, p=args.p, k=args.per_class,
                       mining_warmup=args.mining_warmup, patience=args.patience, out_dim=args.dim,
                       dropout=args.dropout, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
-                      seed=args.seed, top_k=args.k, root=args.root, cache_dir=args.cache, device=args.device,
+                      seed=args.seed, pretrained=not args.random_weights, top_k=args.k, root=args.root, cache_dir=args.cache, device=args.device,
                       batch_size=args.batch_size or 32, num_workers=args.workers, progress=not args.no_progress)
     return _report(result, args.json, write_result_json)
 
@@ -103,4 +103,6 @@ def add_finetune(sub) -> None:
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimiser step (default: 1)")
     p.add_argument("--clip-norm", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
     p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
+    p.add_argument("--random-weights", action="store_true",
+                   help="start from random weights instead of the pretrained ones (no download; for tests)")
     p.set_defaults(func=run_finetune)
