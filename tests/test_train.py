@@ -391,6 +391,9 @@ def test_backbone_finetuning_steps_with_accumulation(spec, size):
     assert lrs[f"block{n - 1}.b"] == pytest.approx(1e-3 * 0.5)
     assert lrs["block0.w"] == pytest.approx(1e-3 * 0.5 ** n)
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in net.parameters() if p.requires_grad)
+    scaled = {g["name"]: g["lr"] for g in layerwise_param_groups(net, lr=1e-3, decay=0.5, weight_decay=0.05,
+                                                                 head_scale=10.0)}
+    assert scaled["head.w"] == pytest.approx(1e-2) and scaled["block0.w"] == pytest.approx(lrs["block0.w"])
     ft = Finetuner(net, FinetuneConfig(total_steps=4, warmup_frac=0.0, accumulation=2, clip_norm=1.0))
     before = net.head.linear.weight.detach().clone()
     x, y = torch.randn(8, 3, size, size), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])

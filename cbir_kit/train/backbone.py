@@ -12,7 +12,8 @@ GeM with learnable p (initialised at 3): f_c = (mean_i max(x_ic, eps)^p)^(1/p).
 Layer-wise learning-rate decay: the trunk is cut into ordered blocks b = 0 .. L-1 (input
 side first: stem, then ResNet stages, EfficientNet stages and head convolution, or ViT
 residual blocks); block b trains with
-lr * decay^(L - b), the GeM p and the head with lr.  AdamW, weight decay ``weight_decay``
+lr * decay^(L - b), the GeM p and the head, which start untrained, with lr * head_lr_scale
+(10 by default).  AdamW, weight decay ``weight_decay``
 on matrices and convolution kernels, none on biases, norms and embeddings (1-d tensors).
 
 One optimiser step per ``accumulation`` micro-batches: each micro-batch loss is divided by
@@ -124,8 +125,9 @@ def build_embedding_net(spec: str, out_dim: int = 512, dropout: float = 0.1, pre
     return net
 
 
-def layerwise_param_groups(net: EmbeddingNet, lr: float, decay: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups with lr * decay^(L - b) for trunk block b (module docstring)."""
+def layerwise_param_groups(net: EmbeddingNet, lr: float, decay: float, weight_decay: float,
+                           head_scale: float = 1.0) -> list[dict]:
+    """AdamW parameter groups: lr * decay^(L - b) for trunk block b, lr * head_scale for GeM and the head."""
     n = len(net.blocks)
     groups, seen = [], set()
 
@@ -141,7 +143,7 @@ def layerwise_param_groups(net: EmbeddingNet, lr: float, decay: float, weight_de
     add(net.extra_stem_params, decay ** n, "stem-embeddings", decayed=False)
     for b, block in enumerate(net.blocks):
         add(block.parameters(), decay ** (n - b), f"block{b}")
-    add(list(net.pool.parameters()) + list(net.head.parameters()), 1.0, "head")
+    add(list(net.pool.parameters()) + list(net.head.parameters()), head_scale, "head")
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in seen]
     add(rest, decay ** n, "trunk-other")
     return groups
@@ -154,6 +156,7 @@ class FinetuneConfig:
     loss: str = "circle"
     lr: float = 1e-4
     layer_decay: float = 0.65
+    head_lr_scale: float = 10.0   # the new layers (GeM p, head) start from scratch: they learn faster
     weight_decay: float = 0.05
     total_steps: int = 1000
     warmup_frac: float = 0.15
@@ -174,7 +177,7 @@ class Finetuner:
         self.net = net.to(self.device)
         self.loss_fn, self.miner = make_loss(config.loss)
         self.optimiser = torch.optim.AdamW(layerwise_param_groups(net, config.lr, config.layer_decay,
-                                                                  config.weight_decay))
+                                                                  config.weight_decay, config.head_lr_scale))
         warmup = round(config.warmup_frac * config.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimiser, lambda s: warmup_cosine(s, config.total_steps, warmup))

@@ -32,9 +32,9 @@ def run_finetune(args) -> int:
     from .backbone import FinetuneConfig
     from .finetune import finetune, write_result_json
 
-    config = FinetuneConfig(loss=args.loss, lr=args.lr, layer_decay=args.layer_decay, weight_decay=args.weight_decay,
-                            warmup_frac=args.warmup, accumulation=args.accumulation, clip_norm=args.clip_norm,
-                            amp=not args.no_amp)
+    config = FinetuneConfig(loss=args.loss, lr=args.lr, head_lr_scale=args.head_lr_scale,
+                            layer_decay=args.layer_decay, weight_decay=args.weight_decay, warmup_frac=args.warmup,
+                            accumulation=args.accumulation, clip_norm=args.clip_norm, amp=not args.no_amp)
     result = finetune(dataset=args.dataset, model=args.model, config=config, out=args.out, curve=args.curve,
                       plot=not args.no_plot, epochs=args.epochs, p=args.p, k=args.per_class,
                       mining_warmup=args.mining_warmup, patience=args.patience, out_dim=args.dim,
@@ -97,7 +97,11 @@ def add_finetune(sub) -> None:
                                    "The network is saved to OUT; `cbir evaluate --model finetuned:OUT` "
                                    "reproduces the test numbers. On a CPU expect minutes per epoch.")
     _add_training_options(p, "network", "finetuned.pt", epochs=10, mining_warmup=1, patience=3)
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of the head (default: 1e-4)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="peak learning rate lr: trunk block b of L trains with lr x decay^(L - b), GeM and the "
+                        "head with lr x head-lr-scale (default: 1e-4)")
+    p.add_argument("--head-lr-scale", type=float, default=10.0,
+                   help="learning-rate factor of the untrained GeM and head over the trunk's peak (default: 10)")
     p.add_argument("--layer-decay", type=float, default=0.65,
                    help="learning-rate factor per trunk block, from the head down (default: 0.65)")
     p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimiser step (default: 1)")
