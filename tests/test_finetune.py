@@ -72,6 +72,7 @@ def test_finetune_command_end_to_end_then_evaluate_reproduces_it(noisy_folder, t
     assert proto["n_train"] + proto["n_val"] == 12 and proto["n_test_gallery"] == 12
     assert 1 <= len(history["epoch"]) <= 2 and 1 <= result["best_epoch"] <= len(history["epoch"])
     assert all(np.isfinite(history["loss"]))
+    assert history["lr"][0] > 0 and history["lr"][-1] <= history["lr"][0]  # the head's rate, after warm-up
     frozen, tuned = result["metrics"]["frozen"], result["metrics"]["finetuned"]
     assert set(frozen) == set(tuned) >= {"mAP", "P@1", "P@10"} and 0.0 < tuned["mAP"] < 0.95
     assert (tmp_path / "net.png").stat().st_size > 0

@@ -179,7 +179,7 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
     tuner = Finetuner(net, config, dev)
     train_data = LabelledImages(fit_refs, y_fit, training_transform(net.preprocess))
 
-    history = {"epoch": [], "loss": [], "val_mAP": [], "lr": []}
+    history = {"epoch": [], "loss": [], "val_mAP": [], "lr": []}  # lr: the head's, at the end of the epoch
     best_state, best_map, best_epoch, since_best, stopped_early = None, -1.0, 0, 0, False
     t0 = time.perf_counter()
     bar = tqdm(range(epochs), desc=f"fine-tune {model}", unit="epoch", disable=not progress)
@@ -194,7 +194,7 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
         history["epoch"].append(epoch + 1)
         history["loss"].append(float(np.mean(losses)))
         history["val_mAP"].append(val_map)
-        history["lr"].append(tuner.optimiser.param_groups[-1]["lr"])
+        history["lr"].append(next(g["lr"] for g in tuner.optimiser.param_groups if g["name"] == "head.w"))
         bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", val_mAP=f"{val_map:.4f}")
         if val_map > best_map:
             best_state, best_map, best_epoch, since_best = cpu_state(net), val_map, epoch + 1, 0
