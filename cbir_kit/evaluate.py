@@ -19,6 +19,7 @@ from . import revisitop
 from .datasets import Dataset, load
 from .errors import CbirError
 from .features import FeatureCache, OFFLINE_MODEL, create_extractor
+from .features.models import FINETUNED_PREFIX
 from .index import ExactIndex
 
 
@@ -190,14 +191,13 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     queries = query_feats.vectors[query_feats.ok]
     if len(queries) == 0:
         raise CbirError(f"{ds.name}: no query image could be loaded")
-    head_info = {}
+    held_out, held_out_key = {}, "head"
     if trained_head is not None:
-        ds, queries, gallery, head_info = trained_head.prepare_evaluation(model, ds, queries, gallery)
-    elif model.startswith("finetuned:"):  # a fine-tuned network is tested on what it was not trained on
-        from .train.checkpoint import apply_hold_out, read_finetuned
-        protocol = read_finetuned(model.split(":", 1)[1]).get("protocol", {})
-        ds, queries, gallery, head_info = apply_hold_out(protocol.get("trained_fingerprints"), ds, queries,
-                                                         gallery, model)
+        ds, queries, gallery, held_out = trained_head.prepare_evaluation(model, ds, queries, gallery)
+    elif model.startswith(FINETUNED_PREFIX):  # a fine-tuned network is tested on what it was not trained on
+        from .train.checkpoint import finetuned_hold_out
+        ds, queries, gallery, held_out = finetuned_hold_out(model, ds, queries, gallery)
+        held_out_key = "held_out"
 
     t0 = time.perf_counter()
     index = ExactIndex("ip").fit(gallery)
@@ -212,7 +212,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     method_timings, method_config = {}, {}
     if methods is not None and methods.active():
         from .retrieval import apply_methods
-        if head_info and methods.tta:
+        if trained_head is not None and methods.tta:
             raise CbirError("--tta cannot be combined with --head (the head maps features, not images)")
         metric_values, ap, top, method_timings, method_config = apply_methods(
             methods, queries, gallery, ds, k_eff, metric_values, extractor, cache, progress, seed)
@@ -231,7 +231,6 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
         skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
                                  "metric": "inner product (cosine on L2-normalised features)",
-                                 **({"held_out" if model.startswith("finetuned:") else "head": head_info}
-                                    if head_info else {}), **method_config},
+                                 **({held_out_key: held_out} if held_out else {}), **method_config},
         per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )

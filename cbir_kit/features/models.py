@@ -15,7 +15,7 @@ Each entry builds a :class:`Backbone`: a module mapping a batch of preprocessed 
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,13 +223,18 @@ def build_finetuned(spec: str) -> Backbone:
     return Backbone(net, net.preprocess, net.head.out_dim, spec, channels_last=not net.tokens)
 
 
-def file_sha256(path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def finetuned_sha256(spec: str) -> str:
+    """SHA-256 of a ``finetuned:PATH`` file, hashed again only when its size or mtime changes."""
+    path = _finetuned_path(spec).resolve()
+    st = path.stat()
+    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from ..datasets.download import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def check_spec(spec: str) -> None:
@@ -254,7 +259,7 @@ def preprocess_id(spec: str) -> str:
     fine-tuned network are never reused for another saved under the same path.
     """
     if spec.startswith(FINETUNED_PREFIX):
-        return f"finetuned-sha256:{file_sha256(_finetuned_path(spec))}"
+        return f"finetuned-sha256:{finetuned_sha256(spec)}"
     if spec.startswith("clip:"):
         return f"open_clip-default:{spec.split(':')[1]}"
     return "resize256-bilinear-centercrop224-imagenet-norm"

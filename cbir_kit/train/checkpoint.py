@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import CbirError
-from ..images import fingerprint
+from .data import held_out_masks
 from .heads import build_head
 
 HEAD_FORMAT = 1
@@ -117,15 +117,6 @@ def save_atomically(path, payload: dict) -> Path:
     return path
 
 
-def held_out_masks(trained_fingerprints, query_refs, gallery_refs) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks keeping the queries and gallery images whose content hash is not a trained one."""
-    trained = set(trained_fingerprints or ())
-    if not trained:
-        return np.ones(len(query_refs), bool), np.ones(len(gallery_refs), bool)
-    return (np.array([fingerprint(r) not in trained for r in query_refs], bool),
-            np.array([fingerprint(r) not in trained for r in gallery_refs], bool))
-
-
 def load_head(path) -> TrainedHead:
     """Load a head file written by :func:`save_head`; errors name the file and the fix."""
     path = Path(path)
@@ -161,6 +152,14 @@ def apply_hold_out(trained_fingerprints, ds, queries, gallery, what: str):
     return ds, np.asarray(queries)[keep_q], np.asarray(gallery)[keep_g], info
 
 
+def finetuned_hold_out(spec: str, ds, queries, gallery):
+    """:func:`apply_hold_out` with the training images recorded in the ``finetuned:PATH`` file ``spec``."""
+    from ..features.models import FINETUNED_PREFIX
+
+    protocol = read_finetuned(spec[len(FINETUNED_PREFIX):]).get("protocol", {})
+    return apply_hold_out(protocol.get("trained_fingerprints"), ds, queries, gallery, spec)
+
+
 def save_finetuned(path, net: nn.Module, base: dict, config: dict, metrics: dict, protocol: dict) -> Path:
     """Write a fine-tuned network file atomically (module docstring)."""
     return save_atomically(path, {"format": FINETUNED_FORMAT, "base": base, "state": cpu_state(net),
@@ -173,8 +172,8 @@ def read_finetuned(path) -> dict:
     if not path.is_file():
         raise CbirError(f"--model finetuned:{path}: the file does not exist; make it with "
                         f"`cbir finetune --out {path}`")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: reading the protocol alone does not read the weights
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # unpickling errors come in many types
         raise CbirError(f"--model finetuned:{path} is not a cbir_kit fine-tuned network "
                         f"({type(err).__name__}: {err}); make one with `cbir finetune`") from err

@@ -11,7 +11,8 @@ duration of the epoch, so batches depend on the seed alone.
 
 ``hold_out`` is the protocol of ``cbir train`` and ``cbir finetune`` (stated in
 :mod:`.run`): the gallery split per class into training (itself split into fit and
-validation parts) and held-out images; queries byte-identical to a training image dropped.
+validation parts) and held-out images; any query or gallery image byte-identical to a
+training image is left out of the test (:func:`held_out_masks`).
 """
 from __future__ import annotations
 
@@ -100,11 +101,21 @@ def hold_out(ds, train_fraction: float, val_fraction: float, seed: int) -> HoldO
     train_idx, _ = stratified_split(y, train_fraction, seed)
     fit_pos, val_pos = stratified_split(y[train_idx], 1.0 - val_fraction, seed + 1)
     trained = sorted({fingerprint(ds.gallery[i]) for i in train_idx})
-    keep_g = np.ones(len(y), bool)
-    keep_g[train_idx] = False
-    trained_set = set(trained)
-    keep_q = keep_g.copy() if ds.leave_one_out else np.array([fingerprint(r) not in trained_set for r in ds.query], bool)
+    keep_q, keep_g = held_out_masks(trained, ds.query, ds.gallery)
     if not keep_q.any() or keep_g.sum() < 2:
         raise CbirError(f"{ds.name}: nothing is left to test on after holding out the training images; "
                         "lower --train-fraction")
     return HoldOut(classes, y, train_idx[fit_pos], train_idx[val_pos], keep_q, keep_g, trained)
+
+
+def held_out_masks(trained_fingerprints, query_refs, gallery_refs) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks keeping the queries and gallery images whose content hash is not a trained one.
+
+    The one definition of "held out": the training run and ``cbir evaluate`` (of a head or a
+    fine-tuned network) both use it, so they test on the same images.
+    """
+    trained = set(trained_fingerprints or ())
+    if not trained:
+        return np.ones(len(query_refs), bool), np.ones(len(gallery_refs), bool)
+    return (np.array([fingerprint(r) not in trained for r in query_refs], bool),
+            np.array([fingerprint(r) not in trained for r in gallery_refs], bool))

@@ -36,17 +36,16 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from ..datasets import Dataset, load
+from ..datasets import Dataset
 from ..errors import CbirError
-from ..evaluate import full_ranking_metrics, write_json_atomic
+from ..evaluate import write_json_atomic
 from ..features import FeatureCache, create_extractor, resolve_device
 from ..images import open_image
-from ..index import ExactIndex
 from .backbone import FinetuneConfig, Finetuner, build_embedding_net
 from .checkpoint import cpu_state, save_finetuned
 from .data import hold_out, pk_batches
 from .fit import leave_one_out_map
-from .run import metric_columns, protocol_lines, save_curve
+from .run import held_out_k, held_out_metrics, labelled_features, metric_columns, protocol_lines, save_curve
 
 
 def training_transform(preprocess) -> T.Compose:
@@ -150,18 +149,9 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
                         f"got {epochs}, {patience}, {p}, {k}")
     t_start = time.perf_counter()
     torch.manual_seed(seed)
-    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
-    if ds.gnd is not None:
-        raise CbirError(f"{ds.name} has revisitop ground truth (no class labels to train on); "
-                        "fine-tune on a labelled dataset such as corel1k or csv:PATH")
     frozen_extractor = create_extractor(model, device=device, pretrained=pretrained, num_workers=num_workers)
     cache = FeatureCache(cache_dir)
-    g_feats, _ = cache.get_or_extract(frozen_extractor, ds.gallery, progress, desc="gallery")
-    q_feats = g_feats if ds.leave_one_out else cache.get_or_extract(frozen_extractor, ds.query, progress,
-                                                                    desc="queries")[0]
-    if not (g_feats.ok.all() and q_feats.ok.all()):  # images that fail to decode are left out
-        ds = ds.subset(q_feats.ok, g_feats.ok)
-    gallery, queries = g_feats.vectors[g_feats.ok], q_feats.vectors[q_feats.ok]
+    ds, queries, gallery = labelled_features(dataset, frozen_extractor, cache, root, seed, progress)
     split = hold_out(ds, train_fraction, val_fraction, seed)
     ds_test = ds.subset(split.keep_query, split.keep_gallery)
 
@@ -221,15 +211,14 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
                 "patience": patience}
     save_finetuned(out, net, base, settings, {"best_val_mAP": best_map, "best_epoch": best_epoch}, protocol)
 
-    k_eff = min(top_k, int(split.keep_gallery.sum()) - (1 if ds.leave_one_out else 0))
-    q_test, g_test = queries[split.keep_query], gallery[split.keep_gallery]
-    frozen = full_ranking_metrics(ExactIndex("ip").fit(g_test), q_test, ds_test, k_eff)[0]
+    k_eff = held_out_k(top_k, ds_test)
+    frozen = held_out_metrics(queries[split.keep_query], gallery[split.keep_gallery], ds_test, k_eff)
     tuned_extractor = create_extractor(f"finetuned:{out}", device=device, batch_size=batch_size,
                                        num_workers=num_workers)
     g_tuned, _ = cache.get_or_extract(tuned_extractor, ds_test.gallery, progress, desc="held-out gallery")
     q_tuned = g_tuned if ds.leave_one_out else \
         cache.get_or_extract(tuned_extractor, ds_test.query, progress, desc="queries")[0]
-    trained = full_ranking_metrics(ExactIndex("ip").fit(g_tuned.vectors), q_tuned.vectors, ds_test, k_eff)[0]
+    trained = held_out_metrics(q_tuned.vectors, g_tuned.vectors, ds_test, k_eff)
 
     curve_path = None
     if plot:

@@ -106,6 +106,33 @@ class TrainResult:
         return "\n".join(lines)
 
 
+def labelled_features(dataset: str | Dataset, extractor, cache: FeatureCache, root, seed: int,
+                      progress: bool) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """``(dataset, query features, gallery features)`` from the feature cache, for training.
+
+    Refuses revisitop ground truth (no class labels); images that fail to decode are left out.
+    """
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
+    if ds.gnd is not None:
+        raise CbirError(f"{ds.name} has revisitop ground truth (no class labels to train on); "
+                        "train on a labelled dataset such as corel1k or csv:PATH")
+    g_feats, _ = cache.get_or_extract(extractor, ds.gallery, progress, desc="gallery")
+    q_feats = g_feats if ds.leave_one_out else cache.get_or_extract(extractor, ds.query, progress, desc="queries")[0]
+    if not (g_feats.ok.all() and q_feats.ok.all()):
+        ds = ds.subset(q_feats.ok, g_feats.ok)
+    return ds, q_feats.vectors[q_feats.ok], g_feats.vectors[g_feats.ok]
+
+
+def held_out_k(k: int, ds_test: Dataset) -> int:
+    """``k`` capped at what the held-out gallery can return (one fewer for leave-one-out)."""
+    return min(k, ds_test.n_gallery - (1 if ds_test.leave_one_out else 0))
+
+
+def held_out_metrics(queries, gallery, ds_test: Dataset, k: int) -> dict:
+    """The metrics of ``cbir evaluate`` (exact inner-product search, full ranking) on the test part."""
+    return full_ranking_metrics(ExactIndex("ip").fit(gallery), queries, ds_test, k)[0]
+
+
 def protocol_lines(p: dict) -> list[str]:
     """The protocol of a training run as printed in its table."""
     return [f"protocol {p['description']}",
@@ -213,17 +240,8 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     config = config or HeadConfig()
     config.check()
     t_start = time.perf_counter()
-    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=config.seed)
-    if ds.gnd is not None:
-        raise CbirError(f"{ds.name} has revisitop ground truth (no class labels to train on); "
-                        "train on a labelled dataset such as corel1k or csv:PATH")
     extractor = create_extractor(model, device=device, batch_size=batch_size, num_workers=num_workers)
-    cache = FeatureCache(cache_dir)
-    g_feats, _ = cache.get_or_extract(extractor, ds.gallery, progress, desc="gallery")
-    q_feats = g_feats if ds.leave_one_out else cache.get_or_extract(extractor, ds.query, progress, desc="queries")[0]
-    if not (g_feats.ok.all() and q_feats.ok.all()):
-        ds = ds.subset(q_feats.ok, g_feats.ok)
-    gallery, queries = g_feats.vectors[g_feats.ok], q_feats.vectors[q_feats.ok]
+    ds, queries, gallery = labelled_features(dataset, extractor, FeatureCache(cache_dir), root, config.seed, progress)
     extract_s = time.perf_counter() - t_start
 
     split = hold_out(ds, train_fraction, val_fraction, config.seed)
@@ -250,9 +268,9 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     }
     base = {**extractor.cache_identity(), "dim": int(gallery.shape[1])}
     th = TrainedHead(head=fit.head, base=base)
-    k_eff = min(k, len(g_test) - (1 if ds.leave_one_out else 0))
-    frozen = full_ranking_metrics(ExactIndex("ip").fit(g_test), q_test, ds_test, k_eff)[0]
-    trained = full_ranking_metrics(ExactIndex("ip").fit(th.apply(g_test)), th.apply(q_test), ds_test, k_eff)[0]
+    k_eff = held_out_k(k, ds_test)
+    frozen = held_out_metrics(q_test, g_test, ds_test, k_eff)
+    trained = held_out_metrics(th.apply(q_test), th.apply(g_test), ds_test, k_eff)
     hashing = _hash_report(th, ds_test, q_test, g_test, gallery[fit_idx], hierarchy, config.seed) \
         if config.kind == "hash" else {}
 
