@@ -13,6 +13,9 @@ ascending) and a threshold retrieves every result with distance < threshold.
 """
 from __future__ import annotations
 
+import base64
+import functools
+import io
 from typing import Callable
 
 import numpy as np
@@ -66,8 +69,9 @@ def relevance(ds: Dataset, qi: int, ids) -> list[str]:
 class Explorer:
     """Browse ranked lists of ``methods`` (name -> method) over dataset ``ds``.
 
-    ``draw(...)`` returns a matplotlib figure (usable without widgets); ``widget()``
-    returns the ipywidgets control panel that redraws on every change.
+    ``draw(...)`` returns a matplotlib figure (usable without widgets), ``grid(...)`` the same
+    picture as PNG bytes; ``widget()`` returns the ipywidgets control panel that redraws on every
+    change and, where widgets cannot render (HTML export, nbgrader feedback), shows as a PNG.
     """
 
     def __init__(self, ds: Dataset, methods: dict[str, Method], k: int = 8, max_show: int = 24,
@@ -142,11 +146,32 @@ class Explorer:
             axes[1, 0].text(0.0, 0.5, "nothing retrieved", fontsize=10)
         return fig
 
-    def widget(self):
-        """The control panel: query, method, top-k or threshold, and the result grid."""
-        import ipywidgets as W
+    def grid(self, qi: int = 0, method: str | None = None, k: int | None = None,
+             threshold: float | None = None) -> tuple[bytes, str]:
+        """The result grid of :meth:`draw` as ``(PNG bytes, its title)``; the figure is closed."""
         import matplotlib.pyplot as plt
-        from IPython.display import display
+
+        fig = self.draw(qi, method, k=k, threshold=threshold)
+        try:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+            return buf.getvalue(), fig.get_suptitle()
+        finally:
+            plt.close(fig)
+
+    def widget(self):
+        """The control panel (an :class:`ExplorerPanel`): query, method, top-k or threshold, and the grid.
+
+        The grid is a PNG that the panel puts in its ``Output`` child by setting the child's
+        ``outputs``, at once and on every change of a control.  It never captures ``display()``
+        with ``with output:``: executed by nbclient (nbconvert --execute, nbgrader, the tests),
+        a capture makes nbclient's stand-in for the Output widget send a message to the kernel
+        on the shell channel while nbclient waits on that channel for the cell's reply, and now
+        and then the reply is missed: the cell hangs until its timeout, or for ever without one
+        (jupyter/nbclient#312).  Displayed, the panel also carries the same PNG as a static
+        picture for wherever the live widget cannot render (see :class:`ExplorerPanel`).
+        """
+        import ipywidgets as W
 
         options = [(f"{i}: {label}", i) for i, label in enumerate(self.ds.query_labels.tolist())]
         query = W.Dropdown(options=options, value=0, description="query")
@@ -158,20 +183,50 @@ class Explorer:
         thr = W.FloatSlider(value=self.threshold if self.threshold is not None else (lo + hi) / 2,
                             min=lo, max=hi, step=(hi - lo) / 100, readout_format=".3f", description="threshold")
         out = W.Output()
+        panel = _panel_class()([W.HBox([query, method]), W.HBox([mode, k, thr]), out])
+        panel.add_class("cbir-explorer")
 
         def update(*_):
             k.layout.display = "none" if mode.value == "threshold" else None
             thr.layout.display = None if mode.value == "threshold" else "none"
-            with out:
-                out.clear_output(wait=True)
-                fig = self.draw(query.value, method.value, k=k.value,
-                                threshold=thr.value if mode.value == "threshold" else None)
-                display(fig)
-                plt.close(fig)
+            png, title = self.grid(query.value, method.value, k=k.value,
+                                   threshold=thr.value if mode.value == "threshold" else None)
+            panel.png = png
+            panel.summary = f"Explorer, query {query.value} ({self.ds.query_labels[query.value]}): " \
+                            + " - ".join(title.splitlines())
+            out.outputs = ({"output_type": "display_data", "metadata": {},
+                            "data": {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": title}},)
 
         for w in (query, method, mode, k, thr):
             w.observe(update, names="value")
         update()
-        panel = W.VBox([W.HBox([query, method]), W.HBox([mode, k, thr]), out])
-        panel.add_class("cbir-explorer")
         return panel
+
+
+@functools.cache
+def _panel_class():
+    """:class:`ExplorerPanel`, defined on first use so that ipywidgets loads only with a widget."""
+    import ipywidgets as W
+
+    class ExplorerPanel(W.VBox):
+        """The explorer's control panel (an ipywidgets ``VBox``) that displays with a static picture.
+
+        Its display bundle holds the live widget view, ``image/png`` of the grid it shows now
+        (``png``, the PNG bytes) and a one-line ``text/plain`` summary (``summary``) instead of
+        ``VBox(children=...``.  JupyterLab and the classic notebook render the live view; where
+        it cannot render (nbconvert HTML without the widget state, nbgrader feedback, GitHub,
+        nbviewer) the PNG shows instead, and text consumers (nbval, a terminal) get the summary.
+        """
+
+        png: bytes = b""
+        summary: str = "Explorer"
+
+        def _repr_mimebundle_(self, **kwargs):
+            bundle = super()._repr_mimebundle_(**kwargs) or {}
+            bundle["text/plain"] = self.summary
+            if self.png:
+                bundle["image/png"] = base64.b64encode(self.png).decode("ascii")
+            return bundle
+
+    ExplorerPanel.__module__, ExplorerPanel.__qualname__ = __name__, "ExplorerPanel"
+    return ExplorerPanel

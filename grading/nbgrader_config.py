@@ -2,13 +2,10 @@
 
 Layout (nbgrader's own): ``source/<assignment>/<notebook>.ipynb`` holds the instructor versions,
 ``release/`` the generated student versions, ``submitted/``, ``autograded/``, ``feedback/`` the
-grading stages, ``gradebook.db`` the grades.  The instructor notebooks live in ``../notebooks``;
-each is one assignment named after its file (``01_features.ipynb`` -> assignment ``01_features``).
-Copy them in, then generate the student versions::
-
-    cd grading
-    for nb in ../notebooks/[0-9]*.ipynb; do a=$(basename "$nb" .ipynb); mkdir -p "source/$a"; cp "$nb" "source/$a/"; done
-    nbgrader generate_assignment --all --force
+grading stages, ``gradebook.db`` the grades.  The instructor notebooks live in ``../notebooks``
+(``course.toml``: ``notebooks``); ``cbir grade release`` copies each into ``source/`` as one
+assignment named after its file (``01_features.ipynb`` -> assignment ``01_features``) and then
+generates the student versions, so nothing is copied by hand.
 
 Every generated folder (source/, release/, gradebook.db, ...) is git-ignored: the notebooks in
 ``../notebooks`` are the only source of truth.

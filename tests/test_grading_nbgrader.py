@@ -127,24 +127,46 @@ def test_batch_of_five_students(tmp_path):
 
 def test_course_errors(tmp_path):
     from cbir_kit.errors import CbirError
+    with pytest.raises(CbirError, match="no nbgrader_config.py"):
+        nbgrade.release(tmp_path)
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\n")
     with pytest.raises(CbirError, match="no source/ folder"):
+        nbgrade.release(tmp_path)
+    (tmp_path / "course.toml").write_text('notebooks = "nowhere"\n')
+    with pytest.raises(CbirError, match="nowhere.*is not a folder"):
+        nbgrade.release(tmp_path)
+    (tmp_path / "course.toml").write_text('profile = "ci"\ncolour = "red"\n')
+    with pytest.raises(CbirError, match="unknown key.*colour"):
         nbgrade.release(tmp_path)
 
 
 @pytest.mark.slow
-def test_release_the_real_course(tmp_path):
-    """grading/nbgrader_config.py with ../notebooks/NN_*.ipynb as one assignment each (its documented layout)."""
-    notebooks = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
-    if not (REPO / "grading" / "nbgrader_config.py").is_file() or not notebooks:
-        pytest.skip("the real course (grading/nbgrader_config.py and notebooks/NN_*.ipynb) is not there yet")
+def test_release_the_real_course_from_a_fresh_clone(tmp_path):
+    """grading/ and notebooks/ as a clone has them: release builds source/ itself (course.toml), no manual step."""
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
     course = tmp_path / "grading"
     course.mkdir()
-    shutil.copy(REPO / "grading" / "nbgrader_config.py", course)
-    for nb in notebooks:
-        (course / "source" / nb.stem).mkdir(parents=True)
-        shutil.copy(nb, course / "source" / nb.stem)
+    for name in ("nbgrader_config.py", "course.toml"):
+        shutil.copy(REPO / "grading" / name, course)
+    notebooks = sorted((tmp_path / "notebooks").glob("[0-9]*.ipynb"))
     released = nbgrade.release(course, progress=False)
     assert [p.name for p in released] == [nb.stem for nb in notebooks]
     for nb in notebooks:
+        assert (course / "source" / nb.stem / nb.name).read_bytes() == nb.read_bytes()
         student = (course / "release" / nb.stem / nb.name).read_text()
         assert "BEGIN HIDDEN TESTS" not in student and "### BEGIN SOLUTION" not in student
+
+
+def test_course_settings_give_each_kernel_its_profile_and_data(tmp_path):
+    from cbir_kit.grade.course import load_course
+    (tmp_path / "data" / "corel1k").mkdir(parents=True)
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "course.toml").write_text(
+        'notebooks = "nb"\nprofile = "full"\ndata_root = "data"\n'
+        '[datasets.full]\n"01_features" = ["corel1k", "roxford5k"]\n')
+    course = load_course(tmp_path)
+    env, datasets, missing = course.kernel_data("01_features")
+    assert env == {"CBIR_PROFILE": "full"}
+    assert datasets == {"corel1k": str((tmp_path / "data" / "corel1k").resolve())}
+    assert missing == ["roxford5k"]
+    assert course.kernel_data("02_search") == ({"CBIR_PROFILE": "full"}, {}, [])

@@ -15,11 +15,15 @@ def _autograde(args) -> int:
                      limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s})
     total: dict[str, list[float]] = {}
     for r in rows:
-        t = total.setdefault(r["student"], [0.0, 0.0])
-        t[0] += r["points"]
-        t[1] += r["max_points"]
-    for student, (got, out_of) in sorted(total.items()):
-        print(f"{student:24s} {got:g} / {out_of:g}")
+        t = total.setdefault(r["student"], [0.0, 0.0, 0.0])
+        if r["status"] == "manual":
+            t[2] += r["max_points"]
+        else:
+            t[0] += r["points"]
+            t[1] += r["max_points"]
+    for student, (got, out_of, manual) in sorted(total.items()):
+        print(f"{student:24s} {got:g} / {out_of:g}" + (f"  (+ {manual:g} points of written answers to grade by hand)"
+                                                        if manual else ""))
     print(f"\nwrote {args.out}/grades.csv and {args.out}/feedback/")
     return 0
 

@@ -33,9 +33,11 @@ def _prepare(limits: dict) -> None:
         src, dst = limits["copy_dir"]
         shutil.copytree(src, dst, dirs_exist_ok=True, symlinks=True)
         if uid is not None and os.getuid() == 0:
-            for root, dirs, files in os.walk(dst):
-                for name in [root] + [os.path.join(root, n) for n in dirs + files]:
-                    os.lchown(name, int(uid), int(gid))
+            os.lchown(dst, int(uid), int(gid))
+            for entry in os.listdir(src):   # only what was copied: dst may also hold read-only mounts
+                for root, dirs, files in os.walk(os.path.join(dst, entry)):
+                    for name in [root] + [os.path.join(root, n) for n in dirs + files]:
+                        os.lchown(name, int(uid), int(gid))
 
 
 def _die_with_parent() -> None:

@@ -5,25 +5,90 @@ failed hidden test's traceback quotes its code.  For the feedback HTML, cells th
 ``### BEGIN HIDDEN TESTS`` region keep their visible part, lose the hidden region (nbgrader's
 ``ClearHiddenTests``, run after this) and have their outputs replaced by one line: whether the
 hidden tests passed, or the name of the exception they raised - never its message or traceback.
+
+When the hidden test names a known mistake (:class:`cbir_kit.grade.hidden.Misconception`), the
+verdict is the catalogue's sentence for it (``notebooks/misconceptions.toml``, kept beside the
+hidden tests), so the feedback teaches what went wrong without showing the test.
 """
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 from nbformat.v4 import new_output
 from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Unicode
 
-MARKER = "BEGIN HIDDEN TESTS"
+from .hidden import PREFIX
+
+MARKER = "### BEGIN HIDDEN TESTS"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+CELL_LINE = re.compile(r"Cell In\[\d*\], line (\d+)")
+
+
+def load_catalogue(path: str | Path) -> dict[str, str]:
+    """``key -> sentence`` from a misconception catalogue (TOML table ``[misconceptions]``)."""
+    return dict(tomllib.loads(Path(path).read_text()).get("misconceptions", {}))
+
+
+def _failing_line(error: dict) -> int | None:
+    """The line of the graded cell that raised, from IPython's traceback ("Cell In[7], line 3")."""
+    text = ANSI.sub("", "\n".join(error.get("traceback", [])))
+    found = CELL_LINE.search(text)
+    return int(found.group(1)) if found else None
+
+
+def verdict(source: str, outputs: list, catalogue: dict[str, str]) -> str:
+    """The one line a student sees for a test cell with hidden tests, from its source and outputs.
+
+    A failure in the visible part (above the hidden region) shows its message: the student has
+    that test already.  A hidden failure shows the catalogue's sentence for its misconception key,
+    else only the exception's name.
+    """
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    if not errors:
+        return "Hidden tests passed."
+    ename, evalue = errors[0].get("ename", "error"), str(errors[0].get("evalue", ""))
+    line = _failing_line(errors[0])
+    visible_lines = source[:source.find(MARKER)].count("\n") if MARKER in source else 0
+    if line is not None and line <= visible_lines and not evalue.startswith(PREFIX):
+        return f"A visible test failed: {ename}: {evalue[:500]}"
+    if evalue.startswith(PREFIX):
+        key = evalue[len(PREFIX):].strip()
+        if key in catalogue:
+            return f"Hidden tests failed: {catalogue[key]}"
+    return f"Hidden tests failed ({ename}); their code is not shown."
+
+
+class StderrIsNotAFailure(NbGraderPreprocessor):
+    """After execution, turn every stderr stream output into stdout, so that only an exception fails a test.
+
+    nbgrader scores a test cell with any stderr output as 0, so a correct answer that triggers a
+    ``RuntimeWarning`` (or a library that warns on import) would lose its points.  The text is kept
+    and still shown in the feedback.
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                out["name"] = "stdout"
+        return cell, resources
 
 
 class HideHiddenTestOutputs(NbGraderPreprocessor):
     """Replace the outputs of cells with hidden tests by a one-line verdict."""
 
+    catalogue = Unicode("", help="misconception catalogue (TOML) whose sentences explain failed hidden tests"
+                        ).tag(config=True)
+
+    def preprocess(self, nb, resources):
+        self._sentences = load_catalogue(self.catalogue) if self.catalogue else {}
+        return super().preprocess(nb, resources)
+
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code" or MARKER not in cell.source:
             return cell, resources
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        if errors:
-            text = f"Hidden tests failed ({errors[0].get('ename', 'error')}); their code is not shown.\n"
-        else:
-            text = "Hidden tests passed.\n"
-        cell.outputs = [new_output("stream", name="stdout", text=text)]
+        text = verdict(cell.source, cell.get("outputs", []), self._sentences)
+        cell.outputs = [new_output("stream", name="stdout", text=text + "\n")]
         return cell, resources

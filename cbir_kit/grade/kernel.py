@@ -10,7 +10,11 @@ the kernel), and replaces itself with the sandboxed kernel:
 * the kernel talks to nbgrader over ZeroMQ ``ipc``: Unix sockets in a private runtime folder
   (``KernelManager.ip`` points there) that is bound into the sandbox, because the sandbox has
   no network at all; a readable copy of the connection file goes there too;
-* settings (mode and limits) come from ``$CBIR_GRADE_KERNEL`` (JSON), set by the grader.
+* settings (mode, limits, ``CBIR_PROFILE``, dataset folders) come from ``$CBIR_GRADE_KERNEL``
+  (JSON), set by the grader from the course's ``course.toml``; each dataset folder is mounted
+  read-only inside the kernel's private, writable data root (``$CBIR_DATA``);
+* joblib is told not to try multiprocessing (it would warn on stderr that the sandbox has no
+  ``/dev/shm`` semaphores), so the grader's own environment writes nothing to stderr.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from .sandbox import WORK, Limits, Sandbox, SandboxSpec
+from .sandbox import DATA_ROOT, WORK, Limits, Sandbox, SandboxSpec
 
 ENV = "CBIR_GRADE_KERNEL"
 NOTEBOOK_DIR = "/sandbox/assignment"
@@ -32,13 +36,21 @@ def kernel_command(connection_file: str, extra: list[str], settings: dict, noteb
     shared.write_bytes(Path(connection_file).read_bytes())
     shared.chmod(0o644)
     work = Path(settings["work_dir"])
-    spec = SandboxSpec(ro={str(notebook_dir): NOTEBOOK_DIR}, rw={runtime: runtime},
-                       env={"OMP_NUM_THREADS": str(settings.get("threads", 1))},
-                       prepare={"copy_dir": [NOTEBOOK_DIR, WORK]})
+    env = {"OMP_NUM_THREADS": str(settings.get("threads", 1)), "JOBLIB_MULTIPROCESSING": "0",
+           **settings.get("env", {})}
+    datasets = settings.get("datasets", {})   # name -> host folder, mounted read-only in the data root
+    ro = {str(notebook_dir): NOTEBOOK_DIR}
+    if sandbox.isolated:
+        ro.update({host: f"{DATA_ROOT}/{name}" for name, host in datasets.items()})
+    spec = SandboxSpec(ro=ro, rw={runtime: runtime}, env=env, prepare={"copy_dir": [NOTEBOOK_DIR, WORK]})
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(shared), *extra]
     cmd, cwd, env = sandbox.command(argv, spec, work)
     if not sandbox.isolated:
         work.mkdir(parents=True, exist_ok=True)
+        data = Path(sandbox.host_path(DATA_ROOT, spec, work))
+        data.mkdir(parents=True, exist_ok=True)
+        for name, host in datasets.items():   # no mount namespace: links to the host folders
+            (data / name).symlink_to(host, target_is_directory=True)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CbirError
+from .course import Course, load_course, sync_sources
 from .sandbox import Limits, Sandbox
 
 KERNEL_NAME = "cbir-sandbox"
@@ -44,12 +45,22 @@ GRADE_COLUMNS = ["student", "assignment", "notebook", "exercise", "points", "max
 FEEDBACK_PREPROCESSORS = ["nbgrader.preprocessors.GetGrades", "cbir_kit.grade.feedback.HideHiddenTestOutputs",
                           "nbgrader.preprocessors.ClearHiddenTests",
                           "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
+# nbgrader's own list with one step added after Execute: only an exception fails a test cell
+# (nbgrader would also score a cell that wrote to stderr, a warning for example, as 0).
+AUTOGRADE_PREPROCESSORS = ["nbgrader.preprocessors.Execute", "cbir_kit.grade.feedback.StderrIsNotAFailure",
+                           "nbgrader.preprocessors.IgnorePattern",
+                           "nbconvert.preprocessors.ClearMetadataPreprocessor", "nbgrader.preprocessors.LimitOutput",
+                           "nbgrader.preprocessors.SaveAutoGrades", "nbgrader.preprocessors.AssignLatePenalties",
+                           "nbgrader.preprocessors.CheckCellMetadata"]
+MANUAL = "manual"   # status of a written answer: nbgrader leaves it for the instructor (formgrader)
 
 
-def _run_options(cell_timeout: float) -> list[str]:
+def _run_options(cell_timeout: float, catalogue: Path | None = None) -> list[str]:
     """Command-line settings for this run; they take precedence over the course's nbgrader_config.py."""
-    return [f"--Execute.timeout={int(cell_timeout)}", f"--Execute.kernel_name={KERNEL_NAME}",
+    return [*([f"--HideHiddenTestOutputs.catalogue={catalogue}"] if catalogue else []),
+            f"--Execute.timeout={int(cell_timeout)}", f"--Execute.kernel_name={KERNEL_NAME}",
             "--KernelManager.transport=ipc",
+            f"--Autograde.autograde_preprocessors={json.dumps(AUTOGRADE_PREPROCESSORS)}",
             f"--GenerateFeedback.preprocessors={json.dumps(FEEDBACK_PREPROCESSORS)}"]
 
 
@@ -62,12 +73,18 @@ class NotebookRun:
     reason: str = ""
 
 
-def _course(course: str | Path) -> Path:
-    course = Path(course).resolve()
+def _course(course: str | Path) -> Course:
+    """The course's settings, with ``source/`` refreshed from the instructor notebooks (course.toml)."""
+    settings = load_course(course)
+    course = settings.root
+    if not (course / "nbgrader_config.py").is_file():
+        raise CbirError(f"{course} is not an nbgrader course: it has no nbgrader_config.py "
+                        "(pass the course folder with --course; the repository's is grading/)")
+    sync_sources(settings)
     if not (course / "source").is_dir():
         raise CbirError(f"{course} is not an nbgrader course: it has no source/ folder "
-                        "(expected source/<assignment>/<notebook>.ipynb and nbgrader_config.py)")
-    return course
+                        f"(expected source/<assignment>/<notebook>.ipynb, or notebooks = FOLDER in {course / 'course.toml'})")
+    return settings
 
 
 def assignments(course: Path) -> dict[str, list[str]]:
@@ -109,7 +126,7 @@ def _last_error(output: str) -> str:
 
 def release(course: str | Path = "grading", progress: bool = True) -> list[Path]:
     """``nbgrader generate_assignment`` for every assignment; returns the release folders."""
-    course = _course(course)
+    course = _course(course).root
     out = []
     for a in assignments(course):
         r = _nbgrader(course, ["generate_assignment", a, "--force"])
@@ -154,12 +171,14 @@ def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: 
               cell_timeout: float = 60, notebook_timeout: float = 600, sandbox: str = "auto",
               limits: dict | None = None, progress: bool = True) -> list[dict]:
     """Autograde every student's notebooks (see the module docstring); returns the grades.csv rows."""
-    course = _course(course)
+    settings = _course(course)
+    course = settings.root
     out_dir = Path(out_dir).resolve()
     tasks = assignments(course)
     box = Sandbox(Limits.from_dict({"wall_s": notebook_timeout, **(limits or {})}), sandbox)
     say = print if progress else (lambda *a, **k: None)
     say(f"sandbox: {box.note}")
+    say(f"grading kernels: CBIR_PROFILE={settings.profile}, data root {settings.data_root}")
     for a in tasks:
         if not (course / "release" / a).is_dir():
             release(course, progress=progress)
@@ -170,33 +189,38 @@ def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: 
         tmp = Path(tmp)
         tmp.chmod(0o755)
         _install_kernel(tmp / "jupyter")
-        config = _run_options(cell_timeout)
+        config = _run_options(cell_timeout, settings.misconceptions)
         for student in students:
             for a, notebooks in tasks.items():
                 for nb in notebooks:
                     if not (course / "submitted" / student / a / f"{nb}.ipynb").is_file():
                         runs.append(NotebookRun(student, a, nb, "missing", "notebook not submitted"))
                         continue
-                    runs.append(_grade_one(course, config, tmp, box, student, a, nb, notebook_timeout))
+                    runs.append(_grade_one(settings, config, tmp, box, student, a, nb, notebook_timeout, say))
                     say(f"  {student}/{a}/{nb}: {runs[-1].status}{' - ' + runs[-1].reason if runs[-1].reason else ''}")
-            for a in tasks:
-                _feedback(course, config, student, a, out_dir, tmp)
+        for a in tasks:
+            _feedback(course, config, a, [s for s in students if (course / "autograded" / s / a).is_dir()],
+                      out_dir, tmp)
     rows = _grade_rows(course, tasks, runs)
     _write_csv(rows, out_dir / "grades.csv")
     return rows
 
 
-def _grade_one(course: Path, config: list[str], tmp: Path, box: Sandbox, student: str, assignment: str, nb: str,
-               notebook_timeout: float) -> NotebookRun:
+def _grade_one(settings: Course, config: list[str], tmp: Path, box: Sandbox, student: str, assignment: str,
+               nb: str, notebook_timeout: float, say=print) -> NotebookRun:
+    course = settings.root
     run_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="run-"))
     runtime = run_dir / "runtime"
     runtime.mkdir()
     runtime.chmod(0o777)  # the kernel, maybe running as nobody, creates its sockets here
     run_dir.chmod(0o755)
-    settings = {"mode": box.mode, "limits": {**box.limits.__dict__}, "work_dir": str(run_dir / "work"),
-                "runtime_dir": str(runtime), "threads": 1}
+    env, datasets, missing = settings.kernel_data(nb)
+    if missing:
+        say(f"  note: {nb} lists dataset(s) {', '.join(missing)} that {settings.data_root} does not have")
+    kernel = {"mode": box.mode, "limits": {**box.limits.__dict__}, "work_dir": str(run_dir / "work"),
+              "runtime_dir": str(runtime), "threads": 1, "env": env, "datasets": datasets}
     env = {**os.environ, "JUPYTER_PATH": str(tmp / "jupyter"), "JUPYTER_RUNTIME_DIR": str(runtime),
-           "CBIR_GRADE_KERNEL": json.dumps(settings)}
+           "CBIR_GRADE_KERNEL": json.dumps(kernel)}
     args = ["autograde", assignment, f"--student={student}", f"--notebook={nb}", "--force", *config,
             f"--KernelManager.ip={runtime / 'kernel'}"]
     t0 = time.perf_counter()
@@ -217,20 +241,32 @@ def _drop_autograded(course: Path, student: str, assignment: str, nb: str) -> No
     (course / "autograded" / student / assignment / f"{nb}.ipynb").unlink(missing_ok=True)
 
 
-def _feedback(course: Path, config: list[str], student: str, assignment: str, out_dir: Path, tmp: Path) -> None:
-    if not (course / "autograded" / student / assignment).is_dir():
+def _feedback(course: Path, config: list[str], assignment: str, students: list[str], out_dir: Path,
+              tmp: Path) -> None:
+    """Feedback pages of ``students`` for one assignment: one nbgrader call for all of them, then one
+    call per student whose page is still missing (so one broken notebook cannot cost the others theirs)."""
+    students = sorted(set(students))
+    if not students:
         return
     env = {**os.environ, "JUPYTER_PATH": str(tmp / "jupyter")}
-    r = _nbgrader(course, ["generate_feedback", assignment, f"--student={student}", "--force", *config], env=env,
-                  timeout=600)
-    src = course / "feedback" / student / assignment
-    if r.returncode == 0 and src.is_dir():
-        dst = out_dir / "feedback" / student / assignment
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst)
+
+    def generate(*only: str) -> None:
+        _nbgrader(course, ["generate_feedback", assignment, "--force", *only, *config], env=env, timeout=600)
+
+    generate()
+    for student in students:
+        src = course / "feedback" / student / assignment
+        if not src.is_dir():
+            generate(f"--student={student}")
+        if src.is_dir():
+            dst = out_dir / "feedback" / student / assignment
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
 
 
 def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRun]) -> list[dict]:
+    """One row per grade cell.  A written answer (a manually graded cell) that nbgrader could not score
+    is left to the instructor: status ``manual``, no points yet, the reason says where to grade it."""
     from nbgrader.api import Gradebook, MissingEntry
 
     rows = []
@@ -238,15 +274,20 @@ def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRu
         for run in runs:
             cells = gb.find_notebook(run.notebook, run.assignment).grade_cells
             for cell in sorted(cells, key=lambda c: c.name):
-                points = 0.0
+                points, status, reason = 0.0, run.status, "" if run.status == "graded" else run.reason
                 if run.status == "graded":
                     try:
-                        points = float(gb.find_grade(cell.name, run.notebook, run.assignment, run.student).score)
+                        grade = gb.find_grade(cell.name, run.notebook, run.assignment, run.student)
                     except MissingEntry:
-                        points = 0.0
+                        grade = None
+                    if grade is not None and grade.needs_manual_grade and grade.manual_score is None:
+                        points, status = "", MANUAL
+                        reason = "written answer: grade it by hand (nbgrader formgrader), then re-export"
+                    elif grade is not None:
+                        points = float(grade.score)
                 rows.append({"student": run.student, "assignment": run.assignment, "notebook": run.notebook,
                              "exercise": cell.name, "points": points, "max_points": float(cell.max_score),
-                             "status": run.status, "reason": "" if run.status == "graded" else run.reason})
+                             "status": status, "reason": reason})
     return rows
 
 

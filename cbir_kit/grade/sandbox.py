@@ -39,6 +39,7 @@ SANDBOX_UID = 65534  # "nobody": what submissions run as when the grader is root
 MODES = ("auto", "bwrap", "rlimits")
 SANDBOX_ROOT = "/sandbox"
 WORK = f"{SANDBOX_ROOT}/work"
+DATA_ROOT = f"{WORK}/.cbir_data"   # $CBIR_DATA of sandboxed code: private and writable
 
 
 @dataclass
@@ -157,11 +158,12 @@ class Sandbox:
         if not self.isolated:
             home = str(work_dir)
             env = {**base_env, "HOME": home, "TMPDIR": home, "CBIR_CACHE": f"{home}/.cbir_cache",
-                   "CBIR_DATA": f"{home}/.cbir_data", **{k: _unsandbox(v, spec, work_dir) for k, v in spec.env.items()}}
+                   "CBIR_DATA": _unsandbox(DATA_ROOT, spec, work_dir),
+                   **{k: _unsandbox(v, spec, work_dir) for k, v in spec.env.items()}}
             argv = [_unsandbox(a, spec, work_dir) for a in argv]
             return confine + argv, str(work_dir), env
         env = {**base_env, "HOME": WORK, "TMPDIR": WORK, "CBIR_CACHE": f"{WORK}/.cbir_cache",
-               "CBIR_DATA": f"{WORK}/.cbir_data", **spec.env}
+               "CBIR_DATA": DATA_ROOT, **spec.env}
         cmd = [shutil.which("bwrap"), "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--clearenv"]
         if os.getuid() == 0:
@@ -173,7 +175,8 @@ class Sandbox:
         def mkdirs(dest: str) -> None:
             for d in _ancestors(dest):
                 if d not in made and d not in ("/usr", "/etc"):
-                    cmd.extend(["--perms", "0755", "--dir", d])
+                    private = d.startswith(WORK + "/")   # inside the writable tmpfs: writable, as the rest of it
+                    cmd.extend(["--perms", "1777" if private else "0755", "--dir", d])
                     made.add(d)
 
         for top in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):

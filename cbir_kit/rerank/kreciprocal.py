@@ -70,19 +70,19 @@ def _first_neighbours(d_rows: np.ndarray, depth: int) -> np.ndarray:
     return top
 
 
-def _reciprocal(ranks: np.ndarray, i: int, k: int) -> np.ndarray:
-    """R(i, k): the members of N(i, k + 1) that have i in their own N(., k + 1)."""
+def reciprocal_neighbours(ranks: np.ndarray, i: int, k: int) -> np.ndarray:
+    """R(i, k) = {j in N(i, k + 1) : i in N(j, k + 1)}, in the order of N(i, k + 1) (notebook 06)."""
     forward = ranks[i, :k + 1]
     return forward[(ranks[forward, :k + 1] == i).any(axis=1)]
 
 
 def _expanded_set(ranks: np.ndarray, i: int, k1: int) -> np.ndarray:
     """R*(i) of steps 2-3."""
-    core = _reciprocal(ranks, i, k1)
+    core = reciprocal_neighbours(ranks, i, k1)
     half = int(np.around(k1 / 2.0))
     parts = [core]
     for c in core:
-        cand = _reciprocal(ranks, c, half)
+        cand = reciprocal_neighbours(ranks, c, half)
         if len(np.intersect1d(cand, core)) > 2.0 / 3.0 * len(cand):
             parts.append(cand)
     return np.unique(np.concatenate(parts))
