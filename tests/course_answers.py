@@ -55,14 +55,34 @@ WRONG = {
                                '    return T + w * (mu_rows - mu_rows.mean())\n',
                                "test_dynamic_thresholds", "a given mu replaces the mean"),
     },
-    "06_reranking": {
+    "06_expansion": {
+        "alpha_query_expansion": ('def alpha_query_expansion(queries, gallery, n, alpha):\n'
+                                  '    sims = queries @ gallery.T\n    top = np.argsort(-sims, axis=1)[:, :n]\n'
+                                  '    weights = np.take_along_axis(sims, top, axis=1) ** alpha\n'
+                                  '    expanded = queries + (weights[:, :, None] * gallery[top]).sum(axis=1)\n'
+                                  '    return expanded / np.linalg.norm(expanded, axis=1, keepdims=True)\n',
+                                  "test_alpha_query_expansion", SAYS["alpha-qe-clamp"]),
+        "augment_database": ('def augment_database(gallery, n, alpha=0.0):\n    sims = gallery @ gallery.T\n'
+                             '    np.fill_diagonal(sims, -np.inf)\n    top = np.argsort(-sims, axis=1)[:, :n]\n'
+                             '    weights = np.maximum(np.take_along_axis(sims, top, axis=1), 0) ** alpha\n'
+                             '    gallery += (weights[:, :, None] * gallery[top]).sum(axis=1)\n'
+                             '    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)\n    return gallery\n',
+                             "test_augment_database", SAYS["dba-modifies-input"]),
         "average_query_expansion": ('def average_query_expansion(queries, gallery, n):\n'
                                     '    top = np.argsort(-(queries @ gallery.T), axis=1)[:, :n]\n'
                                     '    expanded = gallery[top].sum(axis=1)\n'
                                     '    return expanded / np.linalg.norm(expanded, axis=1, keepdims=True)\n',
                                     "test_average_query_expansion", "normalise(q + G[2])"),
     },
-    "07_finetuning": {
+    "07_reranking": {
+        "jaccard_distance": ('def jaccard_distance(V_query, V_gallery):\n'
+                             '    A = (np.asarray(V_query) > 0).astype(float)\n'
+                             '    B = (np.asarray(V_gallery) > 0).astype(float)\n    shared = A @ B.T\n'
+                             '    union = A.sum(axis=1)[:, None] + B.sum(axis=1)[None, :] - shared\n'
+                             '    return 1.0 - shared / union\n',
+                             "test_jaccard_distance", SAYS["jaccard-weights"]),
+    },
+    "08_finetuning": {
         "train_step": ('def train_step(head, optimizer, x_batch, y_batch, margin=0.1):\n    head.train()\n'
                        '    loss = batch_hard_triplet_loss(head(x_batch), y_batch, margin)\n    loss.backward()\n'
                        '    optimizer.step()\n    return float(loss)\n',
@@ -75,7 +95,7 @@ WRONG = {
                         '    return float(M.mean_average_precision(rel, n_rel))\n',
                         "test_heldout_map", "transform queries *and* gallery"),
     },
-    "08_assignment": {
+    "09_assignment": {
         "grade_answer": ('def grade_answer(answer, query_labels, gallery_labels):\n'
                          '    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)\n'
                          '    rows = []\n    for qi, row in enumerate(answer):\n'
@@ -108,9 +128,21 @@ LIBRARY = {
                                '    return DynamicThreshold(T, w, n, mu=mu).thresholds(dist)[:, 0]\n',
                                "test_dynamic_thresholds", SAYS["library-call"]),
     },
-    "06_reranking": {
+    "06_expansion": {
+        "alpha_query_expansion": ('def alpha_query_expansion(queries, gallery, n, alpha):\n'
+                                  '    return query_expansion(queries, gallery, n=n, alpha=alpha)\n',
+                                  "test_alpha_query_expansion", SAYS["library-call"]),
+        "augment_database": ('def augment_database(gallery, n, alpha=0.0):\n'
+                             '    return database_augmentation(gallery, n=n, alpha=alpha)\n',
+                             "test_augment_database", SAYS["library-call"]),
         "average_query_expansion": ('def average_query_expansion(queries, gallery, n):\n'
                                     '    return query_expansion(queries, gallery, n=n, alpha=0.0)\n',
                                     "test_average_query_expansion", SAYS["library-call"]),
+    },
+    "07_reranking": {
+        "k_reciprocal_set": ('from cbir_kit.rerank import reciprocal_neighbours\n\n\n'
+                             'def k_reciprocal_set(ranks, i, k):\n'
+                             '    return np.sort(reciprocal_neighbours(np.asarray(ranks), i, k))\n',
+                             "test_k_reciprocal_set", SAYS["library-call"]),
     },
 }

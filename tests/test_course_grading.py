@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import html
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -71,7 +72,9 @@ def graded(tmp_path_factory):
                 mistakes = {cell: code for cell, (code, _, _) in table[nb.stem].items()}
                 answers(released, {**solved, **mistakes}, subs / student / nb.stem / nb.name)
     out = base / "grades"
-    assert cbir(["grade", "autograde", str(subs), "--course", str(course), "--out", str(out)]) == 0
+    # generous limits: this checks what is graded, not how fast a loaded CI machine runs it
+    assert cbir(["grade", "autograde", str(subs), "--course", str(course), "--out", str(out),
+                 "--cell-timeout", "300", "--notebook-timeout", "1800"]) == 0
     with open(out / "grades.csv") as fh:
         rows = list(csv.DictReader(fh))
     return course, out, rows
@@ -103,6 +106,18 @@ def test_instructor_solutions_score_every_point_and_never_raise(graded):
         assert HIDDEN in "".join(c.source for c in graded_nb.cells), "the hidden tests ran"
         page = feedback_text(out, "solved", nb.stem)
         assert "Hidden tests passed" in page and HIDDEN not in page
+
+
+def test_the_assignments_reference_beats_the_baseline_in_its_local_check(graded):
+    """Notebook 08 scores its reference submission against the baseline with the grader's code."""
+    course, _, _ = graded
+    nb = next(p for p in NOTEBOOKS if "assignment" in p.stem)
+    text = "".join(o.get("text", "") for c in nbformat.read(course / "autograded" / "solved" / nb.stem / nb.name,
+                                                             as_version=4).cells
+                   if c.cell_type == "code" for o in c.outputs)
+    found = re.search(r"quality: yours ([0-9.]+), the baseline's ([0-9.]+)", text)
+    assert found, "the local check prints both qualities"
+    assert float(found.group(1)) > float(found.group(2)), found.group(0)
 
 
 def test_unsolved_notebooks_score_nothing(graded):

@@ -47,6 +47,33 @@ def make_course(root: Path) -> None:
     nbformat.write(cubes, root / "source" / "ps1" / "cubes.ipynb")
 
 
+def live_scripts(page: str) -> tuple[list[str], list[str]]:
+    """What a browser would run in ``page``: the text of its <script> elements and its on* attribute values."""
+    from html.parser import HTMLParser
+
+    class Finder(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.scripts, self.handlers, self.inside = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            self.inside = tag == "script"
+            self.handlers += [v or "" for k, v in attrs if k.lower().startswith("on")]
+            if self.inside:
+                self.scripts.append("")
+
+        def handle_endtag(self, tag):
+            self.inside = False if tag == "script" else self.inside
+
+        def handle_data(self, data):
+            if self.inside:
+                self.scripts[-1] += data
+
+    finder = Finder()
+    finder.feed(page)
+    return finder.scripts, finder.handlers
+
+
 def submit(course: Path, subs: Path, student: str, answers: dict) -> None:
     folder = subs / student / "ps1"
     folder.mkdir(parents=True)
@@ -70,7 +97,8 @@ def test_batch_of_five_students(tmp_path):
     gradebook = course / "gradebook.db"
     subs = tmp_path / "subs"
     good_sq, good_cu = "def square(x):\n    return x * x", "def cube(x):\n    return x ** 3"
-    submit(course, subs, "correct", {"squares": good_sq, "cubes": good_cu})
+    warns = "import sys, warnings\ndef square(x):\n    warnings.warn('WARNED_BUT_RIGHT')\n    print('ALSO_ON_STDERR', file=sys.stderr)\n    return x * x"
+    submit(course, subs, "correct", {"squares": warns, "cubes": good_cu})   # stderr output costs nothing
     submit(course, subs, "partly", {"squares": "def square(x):\n    return 9 if x == 3 else 0",  # visible only
                                     "cubes": good_cu})
     submit(course, subs, "crashing", {"squares": "raise SystemExit(1)\ndef square(x):\n    return x * x",
@@ -78,7 +106,13 @@ def test_batch_of_five_students(tmp_path):
     submit(course, subs, "hanging", {"squares": "while True:\n    pass",  # cell timeout
                                      "cubes": "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
                                               "while True:\n    time.sleep(0.1)"})  # ignores interrupts
+    submit(course, subs, "linked", {"squares": good_sq, "cubes": good_cu})
+    (subs / "linked" / "ps1" / "cubes.ipynb").unlink()   # a link to another student's work: refused, never followed
+    (subs / "linked" / "ps1" / "cubes.ipynb").symlink_to(subs / "correct" / "ps1" / "cubes.ipynb")
     submit(course, subs, "malicious", {"squares": (
+        "from IPython.display import HTML, Javascript, display\n"
+        "display(HTML('<b>bold</b><script>alert(\"HTML_SCRIPT\")</script><img src=x onerror=\"alert(1)\">'))\n"
+        "display(Javascript('alert(\"JS_OUTPUT\")'))\n"
         f"import os, shutil\n"
         f"try:\n    open({str(gradebook)!r}, 'wb').write(b'A+')\nexcept OSError as e:\n    print('blocked:', e)\n"
         f"try:\n    print(open({str(course / 'source' / 'ps1' / 'squares.ipynb')!r}).read())\n"
@@ -97,6 +131,7 @@ def test_batch_of_five_students(tmp_path):
         ("hanging", "test_square_visible"): 0, ("hanging", "test_square_hidden"): 0, ("hanging", "test_cube"): 0,
         ("malicious", "test_square_visible"): 0, ("malicious", "test_square_hidden"): 0,
         ("malicious", "test_cube"): 0,
+        ("linked", "test_square_visible"): 0, ("linked", "test_square_hidden"): 0, ("linked", "test_cube"): 0,
     }
     assert points == expected
     # a kernel that ignores interrupts: nbgrader gives up on it, or the notebook timeout stops it
@@ -123,6 +158,16 @@ def test_batch_of_five_students(tmp_path):
         assert "HIDDEN_SECRET" not in text and "square(-4)" not in text and "cube(-3)" not in text
     assert "Hidden tests failed (AssertionError)" in (out / "feedback" / "partly" / "ps1" / "squares.html").read_text()
     assert "blocked:" in (out / "feedback" / "malicious" / "ps1" / "squares.html").read_text()
+    assert "WARNED_BUT_RIGHT" in (out / "feedback" / "correct" / "ps1" / "squares.html").read_text()
+    linked = [r for r in rows if r["student"] == "linked"]
+    assert {r["status"] for r in linked} == {"failed"} and all("cubes.ipynb" in r["reason"] for r in linked)
+    assert not (course / "submitted" / "linked").exists() or not any((course / "submitted" / "linked").rglob("*.ipynb"))
+    page = (out / "feedback" / "malicious" / "ps1" / "squares.html").read_text()
+    assert "<b>bold</b>" in page, "harmless HTML output is kept"
+    # the code cell shows the student's source as text; none of it may become a live script or event handler
+    scripts, handlers = live_scripts(page)
+    assert not [s for s in scripts if "HTML_SCRIPT" in s or "JS_OUTPUT" in s], scripts
+    assert not [h for h in handlers if "alert" in h], handlers
 
 
 def test_course_errors(tmp_path):
@@ -170,3 +215,36 @@ def test_course_settings_give_each_kernel_its_profile_and_data(tmp_path):
     assert datasets == {"corel1k": str((tmp_path / "data" / "corel1k").resolve())}
     assert missing == ["roxford5k"]
     assert course.kernel_data("02_search") == ({"CBIR_PROFILE": "full"}, {}, [])
+
+
+@pytest.mark.skipif(not bwrap_status()[0], reason=f"bubblewrap isolation unavailable: {bwrap_status()[1]}")
+def test_the_grading_kernels_environment_writes_nothing_to_stderr(tmp_path):
+    """What a notebook imports first (scikit-learn, joblib, torch, faiss, cbir_kit) is silent in the sandbox:
+    nbgrader would score any test cell that writes to stderr as 0 (joblib used to warn there)."""
+    import subprocess
+    import sys
+
+    from cbir_kit.grade.kernel import kernel_command
+
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "conn.json").write_text("{}")
+    settings = {"mode": "bwrap", "limits": {"wall_s": 120}, "work_dir": str(tmp_path / "work"),
+                "runtime_dir": str(tmp_path / "runtime"), "threads": 1, "env": {"CBIR_PROFILE": "ci"}, "datasets": {}}
+    cmd, cwd, env = kernel_command(str(tmp_path / "conn.json"), [], settings, tmp_path / "nb")
+    at = cmd.index("ipykernel_launcher") - 2          # [python, -m, ipykernel_launcher, ...] runs last
+    code = ("import os, sklearn, joblib, torch, faiss, cbir_kit, cbir_kit.profile\n"
+            "from sklearn.manifold import TSNE\n"
+            "print(sum(joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4))), os.environ['CBIR_PROFILE'])")
+    r = subprocess.run(cmd[:at] + [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["6", "ci"]
+    assert r.stderr == "", f"the grading kernel's environment writes to stderr: {r.stderr[:500]}"
+
+
+def test_grades_csv_cells_cannot_be_spreadsheet_formulas():
+    assert nbgrade._spreadsheet_safe("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert nbgrade._spreadsheet_safe("-2+3") == "'-2+3" and nbgrade._spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert nbgrade._spreadsheet_safe("alice") == "alice" and nbgrade._spreadsheet_safe(2.5) == 2.5
+    assert len(nbgrade._spreadsheet_safe("x" * 20_000_000)) == 500

@@ -29,7 +29,9 @@ ENV = "CBIR_GRADE_KERNEL"
 NOTEBOOK_DIR = "/sandbox/assignment"
 
 
-def kernel_command(connection_file: str, extra: list[str], settings: dict, notebook_dir: Path) -> list[str]:
+def kernel_command(connection_file: str, extra: list[str], settings: dict,
+                   notebook_dir: Path) -> tuple[list[str], str, dict]:
+    """``(command, cwd, env)`` that starts the confined kernel for ``notebook_dir`` (module docstring)."""
     sandbox = Sandbox(Limits.from_dict(settings.get("limits")), settings.get("mode", "auto"))
     runtime = settings["runtime_dir"]  # holds the ipc sockets (KernelManager.ip points here)
     shared = Path(runtime) / "connection.json"
@@ -51,16 +53,14 @@ def kernel_command(connection_file: str, extra: list[str], settings: dict, noteb
         data.mkdir(parents=True, exist_ok=True)
         for name, host in datasets.items():   # no mount namespace: links to the host folders
             (data / name).symlink_to(host, target_is_directory=True)
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    return cmd
+    return cmd, cwd, env
 
 
 def main(argv: list[str]) -> None:
     settings = json.loads(os.environ[ENV])
-    cmd = kernel_command(argv[0], argv[1:], settings, Path.cwd())
-    os.execv(cmd[0], cmd)
+    cmd, cwd, env = kernel_command(argv[0], argv[1:], settings, Path.cwd())
+    os.chdir(cwd)
+    os.execve(cmd[0], cmd, env)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Score a challenge submission in this process, the way ``cbir grade challenge`` scores it.
 
 For students: run the baseline and your ``submission.py`` on a labelled split of your own and
-get the grader's numbers before you hand in (notebook 08, section 6)::
+get the grader's numbers before you hand in (notebook 09, section 6)::
 
     from cbir_kit.grade.local import score_locally
     baseline, mine = score_locally("submission/submission.py", my_labelled_split)

@@ -44,6 +44,7 @@ GRADE_COLUMNS = ["student", "assignment", "notebook", "exercise", "points", "max
 
 FEEDBACK_PREPROCESSORS = ["nbgrader.preprocessors.GetGrades", "cbir_kit.grade.feedback.HideHiddenTestOutputs",
                           "nbgrader.preprocessors.ClearHiddenTests",
+                          "nbconvert.preprocessors.sanitize.SanitizeHTML",   # no student script reaches the instructor's browser
                           "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
 # nbgrader's own list with one step added after Execute: only an exception fails a test cell
 # (nbgrader would also score a cell that wrote to stderr, a warning for example, as 0).
@@ -61,7 +62,8 @@ def _run_options(cell_timeout: float, catalogue: Path | None = None) -> list[str
             f"--Execute.timeout={int(cell_timeout)}", f"--Execute.kernel_name={KERNEL_NAME}",
             "--KernelManager.transport=ipc",
             f"--Autograde.autograde_preprocessors={json.dumps(AUTOGRADE_PREPROCESSORS)}",
-            f"--GenerateFeedback.preprocessors={json.dumps(FEEDBACK_PREPROCESSORS)}"]
+            f"--GenerateFeedback.preprocessors={json.dumps(FEEDBACK_PREPROCESSORS)}",
+            "--SanitizeHTML.enabled=True"]   # nbconvert's own preprocessors are off unless enabled
 
 
 @dataclass
@@ -147,24 +149,44 @@ def _install_kernel(folder: Path) -> None:
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
 
 
-def _import_submissions(course: Path, submissions: Path, tasks: dict[str, list[str]]) -> list[str]:
-    """Copy ``SUBMISSIONS/<student>/<assignment>/`` into the course's ``submitted/``; return the students."""
+def _links(folder: Path) -> list[str]:
+    """Symbolic links anywhere below ``folder`` (relative paths): a submission may not contain any."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        found += [str((Path(root) / n).relative_to(folder)) for n in dirs + files if (Path(root) / n).is_symlink()]
+    return sorted(found)
+
+
+def _import_submissions(course: Path, submissions: Path,
+                        tasks: dict[str, list[str]]) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """Copy ``SUBMISSIONS/<student>/<assignment>/`` into the course's ``submitted/``.
+
+    Returns the students and, per ``(student, assignment)`` that was refused, the reason: a folder
+    holding a symbolic link is never copied (a link would be followed as the grader, who can read the
+    course, the gradebook and other students' work); it is named in the reason and scores 0.
+    """
     submissions = submissions.resolve()
     if not submissions.is_dir():
         raise CbirError(f"submissions folder {submissions} does not exist")
-    students = sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    students = sorted(p.name for p in submissions.iterdir()
+                      if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     if not students:
         raise CbirError(f"no student folders in {submissions}: expected <student>/<assignment>/<notebook>.ipynb")
+    refused = {}
     if submissions == (course / "submitted").resolve():
-        return students
+        return students, refused
     for student in students:
         for a in tasks:
             src = submissions / student / a
             dst = course / "submitted" / student / a
-            if src.is_dir():
-                shutil.rmtree(dst, ignore_errors=True)
-                shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    return students
+            shutil.rmtree(dst, ignore_errors=True)
+            links = ["."] if src.is_symlink() else _links(src) if src.is_dir() else []
+            if links:
+                refused[student, a] = (f"the submission holds symbolic links ({', '.join(links[:5])}); links are "
+                                       "never followed: hand in plain files")
+            elif src.is_dir():
+                shutil.copytree(src, dst, symlinks=True, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    return students, refused
 
 
 def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: str | Path = "grades",
@@ -183,7 +205,7 @@ def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: 
         if not (course / "release" / a).is_dir():
             release(course, progress=progress)
             break
-    students = _import_submissions(course, Path(submissions), tasks)
+    students, refused = _import_submissions(course, Path(submissions), tasks)
     runs: list[NotebookRun] = []
     with tempfile.TemporaryDirectory(prefix="cbir-autograde-") as tmp:
         tmp = Path(tmp)
@@ -193,6 +215,9 @@ def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: 
         for student in students:
             for a, notebooks in tasks.items():
                 for nb in notebooks:
+                    if (student, a) in refused:
+                        runs.append(NotebookRun(student, a, nb, "failed", refused[student, a]))
+                        continue
                     if not (course / "submitted" / student / a / f"{nb}.ipynb").is_file():
                         runs.append(NotebookRun(student, a, nb, "missing", "notebook not submitted"))
                         continue
@@ -200,7 +225,7 @@ def autograde(submissions: str | Path, course: str | Path = "grading", out_dir: 
                     say(f"  {student}/{a}/{nb}: {runs[-1].status}{' - ' + runs[-1].reason if runs[-1].reason else ''}")
         for a in tasks:
             _feedback(course, config, a, [s for s in students if (course / "autograded" / s / a).is_dir()],
-                      out_dir, tmp)
+                      out_dir, tmp, say)
     rows = _grade_rows(course, tasks, runs)
     _write_csv(rows, out_dir / "grades.csv")
     return rows
@@ -242,7 +267,7 @@ def _drop_autograded(course: Path, student: str, assignment: str, nb: str) -> No
 
 
 def _feedback(course: Path, config: list[str], assignment: str, students: list[str], out_dir: Path,
-              tmp: Path) -> None:
+              tmp: Path, say=print) -> None:
     """Feedback pages of ``students`` for one assignment: one nbgrader call for all of them, then one
     call per student whose page is still missing (so one broken notebook cannot cost the others theirs)."""
     students = sorted(set(students))
@@ -250,15 +275,19 @@ def _feedback(course: Path, config: list[str], assignment: str, students: list[s
         return
     env = {**os.environ, "JUPYTER_PATH": str(tmp / "jupyter")}
 
-    def generate(*only: str) -> None:
-        _nbgrader(course, ["generate_feedback", assignment, "--force", *only, *config], env=env, timeout=600)
+    def generate(*only: str) -> str:
+        r = _nbgrader(course, ["generate_feedback", assignment, "--force", *only, *config], env=env, timeout=600)
+        return "" if r.returncode == 0 else _last_error(r.stdout)
 
+    for student in students:   # no page of an earlier run may pass for this one's
+        shutil.rmtree(course / "feedback" / student / assignment, ignore_errors=True)
     generate()
     for student in students:
         src = course / "feedback" / student / assignment
+        why = "" if src.is_dir() else generate(f"--student={student}")
         if not src.is_dir():
-            generate(f"--student={student}")
-        if src.is_dir():
+            say(f"  no feedback page for {student}/{assignment}: {why or 'nbgrader wrote none'}")
+        else:
             dst = out_dir / "feedback" / student / assignment
             shutil.rmtree(dst, ignore_errors=True)
             shutil.copytree(src, dst)
@@ -291,13 +320,28 @@ def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRu
     return rows
 
 
+def _spreadsheet_safe(value):
+    """A cell a spreadsheet shows as text: a leading = + - @ (a formula) gets a ', and text is cut at 500 characters."""
+    if not isinstance(value, str):
+        return value
+    value = value[:500]
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def _write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=GRADE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".grades.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(buf.getvalue())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)   # what a plain open() would have given
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -71,7 +71,7 @@ def _first_neighbours(d_rows: np.ndarray, depth: int) -> np.ndarray:
 
 
 def reciprocal_neighbours(ranks: np.ndarray, i: int, k: int) -> np.ndarray:
-    """R(i, k) = {j in N(i, k + 1) : i in N(j, k + 1)}, in the order of N(i, k + 1) (notebook 06)."""
+    """R(i, k) = {j in N(i, k + 1) : i in N(j, k + 1)}, in the order of N(i, k + 1) (notebook 07)."""
     forward = ranks[i, :k + 1]
     return forward[(ranks[forward, :k + 1] == i).any(axis=1)]
 
