@@ -224,8 +224,10 @@ def add_bench_extract(bench_sub) -> None:
     p.add_argument("--dataset", default="demo", help="dataset spec as in cbir evaluate (default: demo)")
     p.add_argument("--model", default=OFFLINE_MODEL, help=f"model spec (default: {OFFLINE_MODEL})")
     p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the network runs (default: cpu)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="arithmetic of the forward pass (default: auto = fp16 on CUDA, fp32 elsewhere)")
     p.add_argument("--batch-size", type=int, default=None, help="pipeline batch size (default: per model)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores))")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")

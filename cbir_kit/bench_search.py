@@ -564,8 +564,9 @@ def add_bench_search(bench_sub) -> None:
                    help="a .npy (N, D) feature matrix to use or imitate instead of --dataset/--model")
     p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the network that makes the real features runs (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and queries (default: 0)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     p.add_argument("--report", default=None, metavar="DIR", help="write search_bench.md and search_scaling.png into DIR")
     p.add_argument("--no-progress", action="store_true", help="hide progress lines")

@@ -26,11 +26,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
                         f"(from `cbir finetune`; default: {OFFLINE_MODEL})")
     p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the network runs (default: auto = CUDA, else Apple MPS, else CPU)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: measured per model, see cbir bench extract)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding threads (default: min(4, cores))")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice: splits, sampling, initialisation (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -489,3 +489,24 @@ def test_a_threshold_beats_the_full_ranking_on_f1_not_on_recall(tmp_path, demo_d
     assert thresholded.metrics["f1"] > base.metrics["f1"] + 0.2
     assert thresholded.metrics["recall"] < base.metrics["recall"]
     assert thresholded.metrics["mAP"] <= base.metrics["mAP"] + 1e-12   # a cut ranking of the same order
+
+
+def test_leaderboard_files_survive_hostile_names_and_huge_reasons(tmp_path):
+    """A name matplotlib cannot parse as mathtext, spreadsheet formulas and a 20 MB reason: all files written, safe."""
+    from cbir_kit.grade import scoring
+    from cbir_kit.grade.challenge import BASELINE_NAME
+    from cbir_kit.grade.leaderboard import write_leaderboard
+
+    ok = {"status": "ok", "reason": "", "scores": {"score": 50.0, "quality": 0.5, "speedup": 1.0},
+          "metrics": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "mAP": 0.5},
+          "timings": {"build_s": 1.0, "retrieve_s": 1.0, "retrieve_ms_per_query": 1.0}}
+    summary = {"dataset": "demo", "n_queries": 2, "n_gallery": 3, "k": 0, "sandbox_note": "test",
+               "config": scoring.load_config(),
+               "results": [{**ok, "student": BASELINE_NAME}, {**ok, "student": "=cmd|'/c calc'!A1 $\\frac{$"},
+                           {**ok, "student": "@bob", "status": "failed", "reason": "=" + "x" * 20_000_000,
+                            "scores": {}, "metrics": {}, "timings": {}}]}
+    paths = write_leaderboard(summary, tmp_path)
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert {r["student"] for r in rows} == {BASELINE_NAME, "'=cmd|'/c calc'!A1 $\\frac{$", "'@bob"}
+    assert all(len(r["reason"]) <= 501 for r in rows) and paths["json"].stat().st_size < 100_000
+    assert "<img" in paths["html"].read_text()

@@ -243,8 +243,17 @@ def test_the_grading_kernels_environment_writes_nothing_to_stderr(tmp_path):
     assert r.stderr == "", f"the grading kernel's environment writes to stderr: {r.stderr[:500]}"
 
 
-def test_grades_csv_cells_cannot_be_spreadsheet_formulas():
-    assert nbgrade._spreadsheet_safe("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
-    assert nbgrade._spreadsheet_safe("-2+3") == "'-2+3" and nbgrade._spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
-    assert nbgrade._spreadsheet_safe("alice") == "alice" and nbgrade._spreadsheet_safe(2.5) == 2.5
-    assert len(nbgrade._spreadsheet_safe("x" * 20_000_000)) == 500
+def test_submission_text_cannot_become_a_formula_or_break_a_plot():
+    from cbir_kit.grade.text import plot_label, spreadsheet_safe
+    assert spreadsheet_safe("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert spreadsheet_safe("-2+3") == "'-2+3" and spreadsheet_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert spreadsheet_safe("alice") == "alice" and spreadsheet_safe(2.5) == 2.5
+    assert len(spreadsheet_safe("x" * 20_000_000)) == 500
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.annotate(plot_label("$\\frac{$"), (0, 0))      # unparsable mathtext, were it not escaped
+    fig.canvas.draw()
+    plt.close(fig)
+    assert len(plot_label("n" * 100)) == 40

@@ -423,3 +423,14 @@ def test_same_evaluation_twice_gives_identical_features_rankings_and_metrics(dem
     assert first.metrics == second.metrics
     assert np.array_equal(first.ranked_ids, second.ranked_ids)
     assert second.to_dict()["config"]["seed"] == 0
+
+
+def test_an_unusable_cache_folder_is_one_clear_line(tmp_path, capsys):
+    """A cache folder that cannot be written (here: below a plain file) is named with the fix, no traceback."""
+    from cbir_kit.cli import main
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    assert main(["evaluate", "--cache", str(blocker / "cache"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(blocker / "cache") in err[0] and "--cache" in err[0] and "Traceback" not in err[0]

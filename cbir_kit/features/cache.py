@@ -163,14 +163,17 @@ class FeatureCache:
     @contextmanager
     def lock(self, key: str):
         """Hold ``KEY.lock`` (waits, with a note on stderr, while another process holds it)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.dir / f"{key}.lock"))
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
-        except Timeout:
+        except Timeout:   # (an OSError too, so it comes first)
             print(f"cbir_kit: waiting for another process that is extracting the same features "
                   f"({self.dir / key}.*)", file=sys.stderr)
             lock.acquire()
+        except OSError as err:   # read-only, someone else's, or not a folder at all
+            raise CbirError(f"cannot write to the feature cache folder {self.dir} ({err.strerror or err}); "
+                            "point cache_dir (cbir --cache) or $CBIR_CACHE at a folder you can write to") from None
         try:
             yield
         finally:

@@ -53,18 +53,22 @@ def add_grade(sub) -> None:
     r.set_defaults(func=_release)
 
     a = g.add_parser("autograde", help="autograde SUBMISSIONS/<student>/<assignment>/*.ipynb in the sandbox")
-    a.add_argument("submissions", metavar="SUBMISSIONS_DIR")
+    a.add_argument("submissions", metavar="SUBMISSIONS_DIR",
+                   help="one folder per student: SUBMISSIONS_DIR/<student>/<assignment>/<notebook>.ipynb")
     a.add_argument("--course", default="grading", help="nbgrader course folder (default: grading)")
     a.add_argument("--out", default="grades", help="where grades.csv and feedback/ go (default: grades)")
     a.add_argument("--cell-timeout", type=float, default=60, help="seconds per cell (default: 60)")
     a.add_argument("--notebook-timeout", type=float, default=600, help="seconds per notebook (default: 600)")
-    a.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "rlimits"])
+    a.add_argument("--sandbox", default="auto", choices=["auto", "bwrap", "rlimits"],
+                   help="bwrap: bubblewrap isolation (required); rlimits: resource limits only; "
+                        "auto: bwrap when it works (default)")
     a.add_argument("--memory-mb", type=int, default=8192, help="address-space limit per kernel (default: 8192)")
     a.add_argument("--cpu-s", type=int, default=600, help="CPU seconds per kernel (default: 600)")
     a.set_defaults(func=_autograde)
 
     c = g.add_parser("challenge", help="run the retrieval challenge and write the leaderboard")
-    c.add_argument("submissions", metavar="SUBMISSIONS_DIR")
+    c.add_argument("submissions", metavar="SUBMISSIONS_DIR",
+                   help="<student>.py, <student>/submission.py or <student>/<notebook>.ipynb per student")
     c.add_argument("--dataset", default="demo", help="query/gallery dataset spec (default: demo)")
     c.add_argument("--config", default=None, help="challenge TOML (see grading/challenge.toml)")
     c.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")

@@ -15,6 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .text import REASON_LIMIT, plot_label, spreadsheet_safe
+
 COLUMNS = ["rank", "student", "status", "score", "quality", "precision", "recall", "f1", "mAP",
            "build_s", "retrieve_s", "retrieve_ms_per_query", "speedup", "reason"]
 
@@ -63,7 +65,8 @@ def scatter_png(table: list[dict], baseline: str) -> bytes:
         is_base = r["student"] == baseline
         ax.scatter(r["speedup"], r["quality"], s=60, marker="*" if is_base else "o",
                    color="black" if is_base else "tab:blue", zorder=3)
-        ax.annotate(r["student"], (r["speedup"], r["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(plot_label(r["student"]), (r["speedup"], r["quality"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("speed-up over the baseline (baseline time / time), log scale")
@@ -92,12 +95,14 @@ def write_leaderboard(summary: dict, out_dir: Path) -> dict[str, Path]:
     from .challenge import BASELINE_NAME
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    for r in summary["results"]:   # a reason can be megabytes of a submission's output: keep its head
+        r["reason"] = str(r.get("reason") or "")[:REASON_LIMIT]
     table = rows(summary)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for r in table:
-        writer.writerow({k: _fmt(r[k]) for k in COLUMNS})
+        writer.writerow({k: spreadsheet_safe(_fmt(r[k])) for k in COLUMNS})
     paths = {"csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html",
              "json": out_dir / "results.json"}
     _atomic_write(paths["csv"], buf.getvalue().encode())

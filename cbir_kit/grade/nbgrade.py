@@ -38,6 +38,7 @@ from pathlib import Path
 from ..errors import CbirError
 from .course import Course, load_course, sync_sources
 from .sandbox import Limits, Sandbox
+from .text import spreadsheet_safe
 
 KERNEL_NAME = "cbir-sandbox"
 GRADE_COLUMNS = ["student", "assignment", "notebook", "exercise", "points", "max_points", "status", "reason"]
@@ -320,20 +321,12 @@ def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRu
     return rows
 
 
-def _spreadsheet_safe(value):
-    """A cell a spreadsheet shows as text: a leading = + - @ (a formula) gets a ', and text is cut at 500 characters."""
-    if not isinstance(value, str):
-        return value
-    value = value[:500]
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def _write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=GRADE_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _spreadsheet_safe(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".grades.")
     try:
         with os.fdopen(fd, "w") as fh:

@@ -55,9 +55,10 @@ def _add_training_options(p, what: str, out: str, epochs: int, mining_warmup: in
     p.add_argument("--json", default=None, metavar="PATH", help="write the run's result as JSON")
     p.add_argument("--loss", default="circle", choices=sorted(LOSSES), help="metric-learning loss (default: circle)")
     p.add_argument("--dim", type=int, default=512, help="embedding dimension (default: 512)")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout before the head's output (default: 0.1)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"most epochs; early stopping may end sooner "
+                                                              f"(default: {epochs})")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
     p.add_argument("--warmup", type=float, default=0.15, help="share of steps for the LR warm-up (default: 0.15)")
     p.add_argument("--mining-warmup", type=int, default=mining_warmup,
                    help=f"epochs before mining starts (default: {mining_warmup})")
@@ -80,7 +81,9 @@ def add_train(sub) -> None:
                                    "against the held-out gallery only, with the frozen features and with "
                                    "the head. `cbir evaluate --head OUT` applies the same hold-out.")
     _add_training_options(p, "trained head", "head.pt", epochs=30, mining_warmup=4, patience=6)
-    p.add_argument("--head-kind", default="projection", choices=["projection", "hash"])
+    p.add_argument("--head-kind", default="projection", choices=["projection", "hash"],
+                   help="projection: linear, BatchNorm, dropout, L2; hash: the binary-hash project's sigmoid "
+                        "hash layer (default: projection)")
     p.add_argument("--bits", type=int, default=48, help="hash layer bits (default: 48)")
     p.add_argument("--hierarchy", default=None, metavar="CSV",
                    help="fine,coarse class hierarchy for the hash head's targets and mAHP@k")
