@@ -510,3 +510,26 @@ def test_leaderboard_files_survive_hostile_names_and_huge_reasons(tmp_path):
     assert {r["student"] for r in rows} == {BASELINE_NAME, "'=cmd|'/c calc'!A1 $\\frac{$", "'@bob"}
     assert all(len(r["reason"]) <= 501 for r in rows) and paths["json"].stat().st_size < 100_000
     assert "<img" in paths["html"].read_text()
+
+
+def test_replies_and_notebooks_that_would_crash_the_grader_are_that_students_failure(tmp_path):
+    """200,000 nested "[" (RecursionError in json.loads) and a code cell whose source is a number: a reason, no crash."""
+    import json as _json
+
+    import nbformat as nbf
+
+    from cbir_kit.errors import CbirError
+    from cbir_kit.grade.challenge import _Failure, notebook_to_module, parse_reply
+
+    for line in (b"[" * 200_000, b"[1, 2]", b"not json", b"\xff\xfe"):
+        with pytest.raises(_Failure, match="malformed reply"):
+            parse_reply(line)
+    assert parse_reply(b'{"ok": true}') == {"ok": True}
+
+    nb = nbf.v4.new_notebook(cells=[nbf.v4.new_code_cell("def build(paths):\n    pass")])
+    raw = _json.loads(nbf.writes(nb))
+    raw["cells"][0]["source"] = 42
+    path = tmp_path / "odd.ipynb"
+    path.write_text(_json.dumps(raw))
+    with pytest.raises(CbirError, match="code cell 0 has no text source"):
+        notebook_to_module(path, tmp_path / "submission.py")

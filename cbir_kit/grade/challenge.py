@@ -130,8 +130,11 @@ def notebook_to_module(notebook: Path, dest: Path) -> None:
 
     nb = nbformat.read(notebook, as_version=4)
     keep = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
+    for i, cell in enumerate(nb.cells):
+        if cell.get("cell_type") == "code":
+            if not isinstance(cell.get("source"), str):
+                raise CbirError(f"{notebook.name}: code cell {i} has no text source (got "
+                                f"{type(cell.get('source')).__name__}); save the notebook with Jupyter")
             lines = [ln for ln in cell.source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
             keep.append("\n".join(lines))
     dest.write_text("\n\n".join(keep) + "\n")
@@ -218,16 +221,12 @@ class _Session:
         while True:
             if reply is None and (nl := self.buf.find(b"\n")) >= 0:
                 line, self.buf = bytes(self.buf[:nl]), self.buf[nl + 1:]
-                try:
-                    reply = json.loads(line)
-                except ValueError:
-                    raise _Failure("malformed reply from the submission process") from None
-                need = reply.get("payload_bytes", 0) if isinstance(reply, dict) else 0
+                reply = parse_reply(line)
+                need = reply.get("payload_bytes", 0)
                 if not isinstance(need, int) or not 0 <= need <= MAX_REPLY_BYTES:
                     raise _Failure("malformed reply from the submission process: bad payload size")
             if reply is not None and len(self.buf) >= need:
-                if isinstance(reply, dict):
-                    reply["payload"], self.buf = bytes(self.buf[:need]), self.buf[need:]
+                reply["payload"], self.buf = bytes(self.buf[:need]), self.buf[need:]
                 return reply, time.perf_counter() - start
             left = limit - time.monotonic()
             if left <= 0:
@@ -283,6 +282,17 @@ class _Session:
             except OSError:
                 pass
         os.close(self.reply_fd)
+
+
+def parse_reply(line: bytes) -> dict:
+    """One JSON reply line of the runner; anything else (deeply nested, not an object) is a :class:`_Failure`."""
+    try:
+        reply = json.loads(line)
+    except (ValueError, RecursionError):   # RecursionError: e.g. 200,000 nested "["
+        raise _Failure("malformed reply from the submission process") from None
+    if not isinstance(reply, dict):
+        raise _Failure("malformed reply from the submission process: not a JSON object")
+    return reply
 
 
 class _Failure(Exception):
