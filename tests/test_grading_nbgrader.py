@@ -113,6 +113,8 @@ def test_batch_of_five_students(tmp_path):
         "from IPython.display import HTML, Javascript, display\n"
         "display(HTML('<b>bold</b><script>alert(\"HTML_SCRIPT\")</script><img src=x onerror=\"alert(1)\">'))\n"
         "display(Javascript('alert(\"JS_OUTPUT\")'))\n"
+        "import glob\n"   # the notebook being graded, hidden tests restored, would be here: print it
+        "print([open(f).read() for f in glob.glob('**/*.ipynb', recursive=True) + glob.glob('/sandbox/**/*.ipynb', recursive=True)])\n"
         f"import os, shutil\n"
         f"try:\n    open({str(gradebook)!r}, 'wb').write(b'A+')\nexcept OSError as e:\n    print('blocked:', e)\n"
         f"try:\n    print(open({str(course / 'source' / 'ps1' / 'squares.ipynb')!r}).read())\n"

@@ -5,8 +5,10 @@
 the grader's identity, in the notebook's autograded folder (nbgrader's working directory for
 the kernel), and replaces itself with the sandboxed kernel:
 
-* the notebook folder is bound read-only and copied into the private working directory, so
-  relative paths work and writes stay private;
+* the notebook's folder, without any notebook file, is copied into the private working directory,
+  so relative paths to the student's other files work and writes stay private.  No ``.ipynb``
+  comes along: during grading nbgrader keeps the notebook *with its hidden tests restored* in that
+  folder, and a student's cell could otherwise print them into the feedback;
 * the kernel talks to nbgrader over ZeroMQ ``ipc``: Unix sockets in a private runtime folder
   (``KernelManager.ip`` points there) that is bound into the sandbox, because the sandbox has
   no network at all; a readable copy of the connection file goes there too;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,7 +44,11 @@ def kernel_command(connection_file: str, extra: list[str], settings: dict,
     env = {"OMP_NUM_THREADS": str(settings.get("threads", 1)), "JOBLIB_MULTIPROCESSING": "0",
            **settings.get("env", {})}
     datasets = settings.get("datasets", {})   # name -> host folder, mounted read-only in the data root
-    ro = {str(notebook_dir): NOTEBOOK_DIR}
+    files = Path(settings["runtime_dir"]).parent / "assignment"   # the student's files, notebooks left out
+    shutil.rmtree(files, ignore_errors=True)
+    shutil.copytree(notebook_dir, files, symlinks=True, ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints"))
+    files.chmod(0o755)
+    ro = {str(files): NOTEBOOK_DIR}
     if sandbox.isolated:
         ro.update({host: f"{DATA_ROOT}/{name}" for name, host in datasets.items()})
     spec = SandboxSpec(ro=ro, rw={runtime: runtime}, env=env, prepare={"copy_dir": [NOTEBOOK_DIR, WORK]})
