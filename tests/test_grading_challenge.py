@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cbir_kit.errors import CbirError
 from cbir_kit.grade import challenge, scoring
@@ -212,11 +213,38 @@ def test_staging_hides_names_and_order(tmp_path, demo_dataset):
     names = sorted(p.name for p in (tmp_path / "data" / "gallery").iterdir())
     assert names == [f"{i:05d}.png" for i in range(demo_dataset.n_gallery)]
     assert not any("__" in Path(p).name for p in staged.query + staged.gallery)
-    # the labels follow the images: staged gallery file i is the original image with label gallery_labels[i]
-    originals = {Path(p).resolve().read_bytes(): lab for p, lab in zip(demo_dataset.gallery, demo_dataset.gallery_labels)}
+    # the labels follow the images: staged gallery file i shows the original image with label gallery_labels[i]
+    originals = [(np.asarray(Image.open(p).convert("RGB"), dtype=np.int16), lab)
+                 for p, lab in zip(demo_dataset.gallery, demo_dataset.gallery_labels)]
     for i in (0, 7, 33):
-        assert originals[(tmp_path / "data" / "gallery" / f"{i:05d}.png").read_bytes()] == staged.gallery_labels[i]
+        staged_px = np.asarray(Image.open(tmp_path / "data" / "gallery" / f"{i:05d}.png").convert("RGB"), dtype=np.int16)
+        same = [lab for px, lab in originals if px.shape == staged_px.shape and np.abs(px - staged_px).max() <= 1]
+        assert same and same[0] == staged.gallery_labels[i]
     assert not np.array_equal(staged.query_labels, demo_dataset.query_labels)  # shuffled
+
+
+def test_staged_files_carry_nothing_but_pixels(tmp_path, demo_dataset):
+    """No hard links, no byte-identical copies (hash look-ups), no label order in inodes, one time and mode."""
+    import hashlib
+
+    public = {hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in demo_dataset.gallery}
+    modes_before = {str(p): os.stat(p).st_mode for p in demo_dataset.gallery}
+    runs = []
+    for seed in (challenge.staging_seed("secret"), challenge.staging_seed("secret")):
+        folder = tmp_path / f"run{len(runs)}"
+        staged = challenge.stage_dataset(demo_dataset, folder, seed)
+        files = sorted((folder / "gallery").iterdir())
+        stats = [os.stat(f) for f in files]
+        assert all(st.st_nlink == 1 and st.st_mtime == challenge.STAMP and st.st_mode & 0o777 == 0o644
+                   for st in stats)
+        hashes = {hashlib.sha1(f.read_bytes()).hexdigest() for f in files}
+        assert not hashes & public, "a staged file is byte-identical to a public one"
+        assert not {st.st_ino for st in stats} & {os.stat(p).st_ino for p in demo_dataset.gallery}, "no shared inode"
+        runs.append((hashes, staged.gallery_labels))
+    assert not runs[0][0] & runs[1][0], "two runs share byte-identical files"
+    assert {str(p): os.stat(p).st_mode for p in demo_dataset.gallery} == modes_before, "originals untouched"
+    with pytest.raises(CbirError, match="seed must be"):
+        scoring.load_config(overrides={"seed": "zero"})
 
 
 # ---- adversarial batch --------------------------------------------------------------------

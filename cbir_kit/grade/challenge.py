@@ -13,9 +13,12 @@ from 0 to the gallery size.  A 2-D integer array, or a list of 1-D integer array
 
 What the grader does, per run:
 
-1. Stages the dataset: gallery and query images are linked (or copied) under neutral names
-   (``gallery/00017.png``) in a seeded random order, so neither names nor order reveal a label.
-   The labels stay in this process only.
+1. Stages the dataset: every gallery and query image is written as a new file under a neutral
+   name (``gallery/00017.jpg``) in a random order, re-encoded with an invisible per-run change,
+   with one timestamp and one mode for all (:func:`stage_dataset`), so neither names, order,
+   inodes, times nor byte hashes of the public files reveal a label.  The order and the change
+   come from a fresh secret per run (config ``seed = "secret"``), recorded in ``results.json`` as
+   ``staging_seed``; a number there reproduces a run.  The labels stay in this process only.
 2. Runs the baseline (:mod:`cbir_kit.grade.baseline`) and then each submission in its own
    sandboxed process (:mod:`cbir_kit.grade.sandbox`), talking to it over pipes.  Build and
    retrieve are each run ``warmup`` times untimed, then ``repeats`` times timed from this side
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -43,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import CbirError
 from ..metrics import mean_average_precision, relevance_matrix, set_metrics
@@ -81,15 +86,47 @@ class Result:
     output: str = ""
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+STAMP = 946_684_800   # 2000-01-01 00:00 UTC: the time of every staged file, so timestamps tell nothing
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def staging_seed(setting) -> int:
+    """The seed that orders and varies the staged images: ``"secret"`` draws a fresh one for this run."""
+    return secrets.randbits(63) if setting == "secret" else int(setting)
+
+
+def _stage_image(ref, folder: Path, stem: str, rng: np.random.Generator) -> str:
+    """Write image ``ref`` as a new file ``folder/stem.(jpg|png)`` that carries nothing but pixels.
+
+    The image is decoded, the lowest bit of 16 pixels drawn from ``rng`` is flipped (invisible,
+    different in every run) and it is encoded again (JPEG quality 95 for JPEG sources, else PNG), so
+    no byte hash of the public file matches.  A new file, not a link: inode, link count, time and
+    mode say nothing about the original, and the instructor's file is never touched.  A file that
+    does not decode is copied as it is (submissions must cope with broken images).
+    """
+    from ..images import ImageLoadError, open_image
+
+    is_path = isinstance(ref, (str, os.PathLike))
+    suffix = Path(ref).suffix.lower() if is_path else ".png"
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+        pixels = np.array(open_image(ref))
+    except ImageLoadError:
+        dest = folder / f"{stem}{suffix}"
+        shutil.copyfile(ref, dest)
+    else:
+        h, w = pixels.shape[:2]
+        ys, xs, cs = rng.integers(0, h, 16), rng.integers(0, w, 16), rng.integers(0, 3, 16)
+        pixels[ys, xs, cs] ^= 1
+        jpeg = suffix in JPEG_SUFFIXES
+        dest = folder / f"{stem}{'.jpg' if jpeg else '.png'}"
+        Image.fromarray(pixels).save(dest, **({"quality": 95} if jpeg else {}))
+    os.chmod(dest, 0o644)
+    os.utime(dest, (STAMP, STAMP))
+    return dest.name
 
 
 def stage_dataset(ds, folder: Path, seed: int) -> Staged:
-    """Write the split under neutral names in a seeded order (see the module docstring)."""
+    """Write the split under neutral names in a seeded order, re-encoded (see the module docstring)."""
     if ds.leave_one_out or ds.gnd is not None:
         raise CbirError(f"dataset {ds.name} is leave-one-out or revisitop; the challenge needs a plain "
                         "query/gallery split with labels (e.g. demo, animals10, csv:PATH)")
@@ -99,17 +136,8 @@ def stage_dataset(ds, folder: Path, seed: int) -> Staged:
         order = rng.permutation(len(refs))
         (folder / split).mkdir(parents=True)
         paths = []
-        for new, old in enumerate(order):
-            ref = refs[old]
-            if isinstance(ref, (str, os.PathLike)):
-                src = Path(ref).resolve()
-                name = f"{new:05d}{src.suffix.lower()}"
-                _link_or_copy(src, folder / split / name)
-            else:
-                from ..images import open_image
-                name = f"{new:05d}.png"
-                open_image(ref).convert("RGB").save(folder / split / name)
-            os.chmod(folder / split / name, 0o644)
+        for new, old in enumerate(order):   # written in the new order: inode order follows the neutral names
+            name = _stage_image(refs[old], folder / split, f"{new:05d}", rng)
             paths.append(f"{DATA_DIR}/{split}/{name}")
         out[split] = (paths, order)
     folder.chmod(0o755)
@@ -444,7 +472,8 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
     with tempfile.TemporaryDirectory(prefix="cbir-challenge-") as tmp:
         tmp = Path(tmp)
         tmp.chmod(0o755)
-        staged = stage_dataset(ds, tmp / "data", cfg["seed"])
+        seed = staging_seed(cfg["seed"])
+        staged = stage_dataset(ds, tmp / "data", seed)
         k = answer_cap(cfg, len(staged.gallery))
         say(f"dataset {ds.name}: {len(staged.query)} hidden queries, {len(staged.gallery)} gallery images, "
             f"at most {k} results per query" + (" (k = 0: no cap)" if cfg["k"] == 0 else ""))
@@ -467,7 +496,7 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
                         f"Check the sandbox limits in the config. Output:\n{baseline.output[-2000:]}")
     rescore(results, cfg)
     summary = {"dataset": ds.name, "n_queries": len(staged.query), "n_gallery": len(staged.gallery),
-               "k": k, "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
+               "k": k, "staging_seed": seed, "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
                "results": [r.__dict__ for r in results]}
     write_leaderboard(summary, out_dir)
     return summary

@@ -39,6 +39,7 @@ from .challenge import (
     evaluate_answer,
     rescore,
     stage_dataset,
+    staging_seed,
 )
 from .runner import pack_answer
 
@@ -97,7 +98,7 @@ def score_locally(submission, ds, config=None, overrides: dict | None = None, ba
         if not path.is_file():
             raise CbirError(f"{what} module {path} does not exist; write it first (build() and retrieve())")
     with tempfile.TemporaryDirectory(prefix="cbir-local-challenge-") as tmp:
-        staged = stage_dataset(ds, Path(tmp) / "data", cfg["seed"])
+        staged = stage_dataset(ds, Path(tmp) / "data", staging_seed(cfg["seed"]))
         host = lambda paths: [str(staged.folder) + p[len(DATA_DIR):] for p in paths]
         gallery, query = host(staged.gallery), host(staged.query)
         results = [_run(name, path, gallery, query, staged, cfg)

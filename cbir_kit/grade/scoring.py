@@ -42,7 +42,7 @@ TIME_PARTS = ("build", "retrieve")
 
 DEFAULTS: dict = {
     "k": 0,
-    "seed": 0,
+    "seed": "secret",   # a fresh secret per run (recorded in results.json); a number reproduces a run
     "sandbox": "auto",
     "threads": 0,
     "baseline": "",
@@ -85,6 +85,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 
 def check_config(cfg: dict) -> None:
+    """Raise :class:`CbirError` naming the first setting that makes no sense."""
+    seed = cfg["seed"]
+    if seed != "secret" and not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise CbirError(f'seed must be "secret" (a fresh one per run) or a number >= 0 to reproduce a run; got {seed!r}')
     score = cfg["score"]
     bad = set(score["quality"]) - set(QUALITY_METRICS)
     if bad or not score["quality"]:
