@@ -249,6 +249,12 @@ def test_staged_files_carry_nothing_but_pixels(tmp_path, demo_dataset):
 
 # ---- adversarial batch --------------------------------------------------------------------
 
+# Staging re-encodes every image after flipping the lowest bit of 16 pixels (a fresh secret per run):
+# features move by about 1e-6, so a near-tie in a ranking may swap. Metrics of the staged run match the
+# original split's within this tolerance, not bit for bit.
+STAGED = 5e-3
+
+
 def _honest_reference(ds, k: int) -> dict:
     """The honest method run directly on the original split, scored by a plain transcription."""
     ns: dict = {}
@@ -408,7 +414,7 @@ def test_adversarial_batch_is_contained(tmp_path, demo_dataset, listener):
     for student in ("honest", "honest_dir"):
         assert by[student]["status"] == "ok", by[student]["reason"]
         for m in ("precision", "recall", "mAP"):
-            assert by[student]["metrics"][m] == pytest.approx(ref[m]), (student, m)
+            assert by[student]["metrics"][m] == pytest.approx(ref[m], abs=STAGED), (student, m)
 
     rows = list(csv.DictReader(open(out / "leaderboard.csv")))
     assert [r["status"] for r in rows][:3] == ["ok", "ok", "ok"]
@@ -486,14 +492,14 @@ def test_score_locally_gives_the_graders_metrics_and_score(tmp_path, demo_datase
     assert base.student == challenge.BASELINE_NAME and base.status == mine.status == "ok"
     ref = _honest_reference(demo_dataset, demo_dataset.n_gallery)
     for m in ("precision", "recall", "mAP"):
-        assert mine.metrics[m] == pytest.approx(ref[m])
+        assert mine.metrics[m] == pytest.approx(ref[m], abs=STAGED)
     cfg = scoring.load_config(overrides=fast)
     assert mine.scores == pytest.approx(scoring.score(mine.metrics, mine.timings, base.timings, cfg))
     _, top10 = score_locally(tmp_path / "honest.py", demo_dataset, overrides={**fast, "k": 10},
                              baseline=tmp_path / "honest.py")
     ref10 = _honest_reference(demo_dataset, 10)
     for m in ("precision", "recall", "mAP"):
-        assert top10.metrics[m] == pytest.approx(ref10[m])
+        assert top10.metrics[m] == pytest.approx(ref10[m], abs=STAGED)
     for name, reason in (("too_many", f"at most k={demo_dataset.n_gallery}"), ("no_build", "no function build")):
         _, bad = score_locally(tmp_path / f"{name}.py", demo_dataset, overrides=fast, baseline=tmp_path / "honest.py")
         assert bad.status == "failed" and reason in bad.reason and bad.scores["score"] == 0.0
