@@ -80,14 +80,14 @@ def load_course(root: str | Path) -> Course:
     datasets = raw.get("datasets", {})
     if not all(isinstance(v, dict) and all(isinstance(x, list) for x in v.values()) for v in datasets.values()):
         raise CbirError(f"{path}: [datasets.<profile>] tables map a notebook name to a list of dataset folders")
-    catalogue = root / raw["misconceptions"] if raw.get("misconceptions") else (
-        notebooks / "misconceptions.toml" if notebooks is not None else None)
-    if raw.get("misconceptions") and not catalogue.is_file():
-        raise CbirError(f"{path}: misconceptions = {raw['misconceptions']!r} is not a file ({catalogue})")
-    if catalogue is not None and not catalogue.is_file():
-        catalogue = None
-    return Course(root, notebooks, str(raw.get("profile", "ci")), (root / data).resolve(), datasets,
-                  catalogue.resolve() if catalogue else None)
+    if raw.get("misconceptions"):
+        catalogue = (root / raw["misconceptions"]).resolve()
+        if not catalogue.is_file():
+            raise CbirError(f"{path}: misconceptions = {raw['misconceptions']!r} is not a file ({catalogue})")
+    else:   # the default sits beside the notebooks, when there is one
+        default = notebooks / "misconceptions.toml" if notebooks is not None else None
+        catalogue = default if default is not None and default.is_file() else None
+    return Course(root, notebooks, str(raw.get("profile", "ci")), (root / data).resolve(), datasets, catalogue)
 
 
 def sync_sources(course: Course) -> list[str]:
