@@ -149,9 +149,9 @@ class BenchResult:
 
     def write_json(self, path) -> None:
         """Write ``to_dict()`` atomically (temporary file, then rename)."""
-        from .evaluate import write_json_atomic
+        from ._io import write_json
 
-        write_json_atomic(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     def __str__(self) -> str:
         return self.to_frame().to_string(float_format=lambda v: f"{v:.4g}")

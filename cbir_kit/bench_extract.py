@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from .bench_search import add_bench_search
 from .datasets import load
 from .errors import CbirError
-from .evaluate import write_json_atomic
+from ._io import write_json
 from .features import OFFLINE_MODEL, create_extractor
 from .features.extractor import Extractor, available_cores
 from .images import ImageLoadError, open_image
@@ -213,7 +213,7 @@ def run_bench_extract(args) -> int:
         result["batch_sweep"] = {str(k): v for k, v in sweep.items()}
     print(format_report(result))
     if args.json:
-        write_json_atomic(args.json, result)
+        write_json(args.json, result)
         print(f"\nwrote {args.json}")
     return 0
 

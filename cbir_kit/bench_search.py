@@ -501,7 +501,8 @@ def plot_scaling(result: dict):
 
 def write_search_report(result: dict, out_dir) -> Path:
     """``search_bench.md`` with the table and ``search_scaling.png`` in ``out_dir``."""
-    from .report import _save, _write_text, markdown_table
+    from ._io import write_text
+    from .report import _save, markdown_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -510,7 +511,7 @@ def write_search_report(result: dict, out_dir) -> Path:
     text = ["# Search benchmark", "", "```", format_result(result), "```", "",
             markdown_table(frame, digits=3), "", "![ms per query against gallery size](search_scaling.png)", ""]
     path = out / "search_bench.md"
-    _write_text(path, "\n".join(text))
+    write_text(path, "\n".join(text))
     return path
 
 

@@ -60,10 +60,10 @@ def write_outputs(args, payload: dict, report) -> None:
     ``payload`` is written atomically as JSON; ``report()`` writes the report into ``args.report`` and
     returns the file it wrote.
     """
-    from .evaluate import write_json_atomic
+    from ._io import write_json
 
     if args.json:
-        write_json_atomic(args.json, payload)
+        write_json(args.json, payload)
         print(f"\nwrote {args.json}")
     if getattr(args, "report", None):
         print(f"wrote {report()}")

@@ -5,16 +5,14 @@
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from . import metrics as M
+from ._io import write_json
 from . import revisitop
 from .datasets import Dataset, load
 from .errors import CbirError
@@ -52,7 +50,7 @@ class EvalResult:
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as JSON atomically (temporary file, then rename)."""
-        write_json_atomic(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     def table(self) -> str:
         """A readable text table of the metrics and timings."""
@@ -66,20 +64,6 @@ class EvalResult:
             lines += ["", f"skipped {len(self.skipped)} image(s) that could not be loaded:"]
             lines += [f"  {img}: {reason}" for img, reason in self.skipped]
         return "\n".join(lines)
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=float)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k: int,

@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from ._io import atomic_path, write_text
 from .bench import Bench
 from .errors import CbirError
 
@@ -84,28 +83,11 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _ann_or_hash_rows(results, table: pd.DataFrame) -> pd.DataFrame | None:
@@ -177,7 +159,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
     if any(r.skipped for r in results):
         md += ["## Skipped images", ""] + [f"- {img}: {why}" for r in results for img, why in r.skipped] + [""]
     path = out / "report.md"
-    _write_text(path, "\n".join(md))
+    write_text(path, "\n".join(md))
     return path
 
 

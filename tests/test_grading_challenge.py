@@ -4,8 +4,11 @@ from __future__ import annotations
 import csv
 import os
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from PIL import Image
 
 from cbir_kit.errors import CbirError
 from cbir_kit.grade import challenge, scoring
-from cbir_kit.grade.sandbox import bwrap_status
+from cbir_kit.grade.sandbox import Limits, bwrap_status
 
 BWRAP_OK, BWRAP_WHY = bwrap_status()
 needs_bwrap = pytest.mark.skipif(not BWRAP_OK, reason=f"bubblewrap isolation unavailable: {BWRAP_WHY}")
@@ -67,6 +70,43 @@ def test_score_formula_hand_computed():
     assert out["score"] == pytest.approx(100 * (1.4 + 0.75) / 3)
     capped = scoring.score(metrics, {"build_s": 0.1, "retrieve_s": 0.1}, {"build_s": 3.0, "retrieve_s": 3.0}, cfg)
     assert capped["speed"] == 1.0
+
+
+def test_noise_band_counts_a_speedup_near_one_as_exactly_one():
+    assert scoring.counted_speedup(1.05, 0.10) == 1.0
+    assert scoring.counted_speedup(0.95, 0.10) == 1.0
+    assert scoring.counted_speedup(1.2, 0.10) == 1.2
+    assert scoring.counted_speedup(0.8, 0.10) == 0.8
+    assert scoring.counted_speedup(1.1, 0.10) == 1.0 and scoring.counted_speedup(1 / 1.1, 0.10) == 1.0  # edges
+    assert scoring.counted_speedup(1.05, 0.0) == 1.05                                                    # no band
+    cfg = scoring.load_config(overrides={"score": {"speed_cap": 2.0}})
+    assert cfg["score"]["noise_band"] == 0.10                                                            # the default
+    metrics = {"f1": 0.5, "mAP": 0.5}
+    slower = scoring.score(metrics, {"build_s": 1.0, "retrieve_s": 1.0}, {"build_s": 0.9, "retrieve_s": 1.0}, cfg)
+    assert slower["measured_speedup"] == pytest.approx(0.95)
+    assert slower["speedup"] == 1.0 and slower["speed"] == 0.5
+    faster = scoring.score(metrics, {"build_s": 0.5, "retrieve_s": 0.5}, {"build_s": 0.6, "retrieve_s": 0.6}, cfg)
+    assert faster["speedup"] == pytest.approx(1.2) and faster["speed"] == pytest.approx(0.6)
+
+
+def test_timed_runs_continue_until_their_spread_is_small():
+    timing = {"repeats": 2, "max_repeats": 4, "max_spread": 0.10}
+    assert scoring.needs_another_run([], timing)
+    assert scoring.needs_another_run([1.0], timing)                       # fewer than repeats
+    assert not scoring.needs_another_run([1.0, 1.05], timing)             # spread 0.05 / 1.025
+    assert scoring.needs_another_run([1.0, 1.5], timing)                  # spread 0.5 / 1.25 = 0.4
+    assert scoring.needs_another_run([1.0, 1.5, 1.2], timing)             # spread 0.5 / 1.2
+    assert not scoring.needs_another_run([1.0, 1.5, 1.2, 1.4], timing)    # max_repeats reached
+    assert scoring.spread([2.0, 1.0, 3.0]) == pytest.approx(1.0)         # (3 - 1) / 2
+    assert scoring.spread([4.0]) == 0.0 and not scoring.needs_another_run([4.0], {**timing, "repeats": 1})
+    for bad, message in (({"max_repeats": 1}, r"timing.max_repeats must be an integer >= timing.repeats \(3\)"),
+                         ({"max_spread": -0.1}, "timing.max_spread must be a number >= 0"),
+                         ({"repeats": 0}, "timing.repeats must be an integer >= 1"),
+                         ({"warmup": 1.5}, "timing.warmup must be an integer >= 0")):
+        with pytest.raises(CbirError, match=message):
+            scoring.load_config(overrides={"timing": bad})
+    with pytest.raises(CbirError, match="score.noise_band must be a number >= 0"):
+        scoring.load_config(overrides={"score": {"noise_band": "10%"}})
 
 
 def test_config_errors_name_the_setting(tmp_path):
@@ -444,6 +484,256 @@ def test_reduced_isolation_still_enforces_limits(tmp_path):
     assert "REDUCED ISOLATION" in (tmp_path / "out" / "leaderboard.html").read_text()
 
 
+# ---- attacks on the timing and the repeats, each graded beside an honest submission -----------
+
+# Two runs per submission (one warm-up, one timed), each a fresh process; a fixed staging seed, so an
+# honest submission gets exactly the same metrics in every batch.
+ATTACK_CFG = {**FAST_CFG, "seed": 11, "timing": {**FAST_CFG["timing"], "warmup": 1, "repeats": 1}}
+
+
+def _grade(tmp_path: Path, sources: dict[str, str], sandbox: str = "auto") -> dict:
+    """Grade ``{student: source}`` under ATTACK_CFG with the honest method as baseline; results by student."""
+    subs = tmp_path / "subs"
+    subs.mkdir(parents=True)
+    for student, source in sources.items():
+        _write(subs, f"{student}.py", source)
+    baseline = tmp_path / "cheap_baseline.py"
+    baseline.write_text(HONEST)
+    summary = challenge.run_challenge(subs, "demo", tmp_path / "out", progress=False,
+                                      overrides={**ATTACK_CFG, "baseline": str(baseline), "sandbox": sandbox})
+    return {r["student"]: r for r in summary["results"]}
+
+
+@pytest.fixture(scope="module")
+def honest_alone(tmp_path_factory) -> dict:
+    """The honest submission graded on its own: what it must get in a batch with an attacker too."""
+    alone = _grade(tmp_path_factory.mktemp("alone"), {"honest": HONEST})["honest"]
+    assert alone["status"] == "ok" and alone["answers_identical"], alone["reason"]
+    assert alone["metrics"]["mAP"] > 0.2
+    return alone
+
+
+def _graded_as_alone(by: dict, honest_alone: dict) -> None:
+    assert by["honest"]["status"] == "ok", by["honest"]["reason"]
+    assert by["honest"]["metrics"] == honest_alone["metrics"]
+    assert by["honest"]["answers_identical"]
+
+
+def _without_retrieve(source: str) -> str:
+    """``source`` with its retrieve() renamed _honest_retrieve(), for a wrapper to call."""
+    return "import json, os\n" + source.replace("def retrieve(", "def _honest_retrieve(")
+
+
+# The honest method with its work moved to import time: the gallery (listed from the staged folder) is
+# embedded at import, plus 1.5 s of "feature extraction"; build does nothing.
+IMPORT_WORK = HONEST + '''
+import os, time
+_folder = "/sandbox/data/gallery"
+_g = _emb([os.path.join(_folder, name) for name in sorted(os.listdir(_folder))])
+time.sleep(1.5)
+def build(gallery_paths):
+    pass
+'''
+
+
+@needs_bwrap
+def test_work_done_at_import_is_build_time(tmp_path, honest_alone):
+    by = _grade(tmp_path, {"honest": HONEST, "import_work": IMPORT_WORK}, sandbox="bwrap")
+    _graded_as_alone(by, honest_alone)
+    cheat = by["import_work"]
+    assert cheat["status"] == "ok", cheat["reason"]
+    assert cheat["metrics"] == honest_alone["metrics"]            # the same answers ...
+    assert cheat["timings"]["import_s"] >= 1.5                    # ... and the import is timed, as build time
+    assert cheat["timings"]["build_s"] >= 1.5
+    assert all(run["build_s"] >= run["import_s"] >= 1.5 for run in cheat["runs"])
+
+
+def _counting(dirs: str, later: str = "[[] for _ in query_paths]") -> str:
+    """Correct answers on the first retrieve() ever, ``later`` (empty lists) after: a call counter in memory
+    and in files in ``dirs``."""
+    return _without_retrieve(HONEST) + f'''
+_calls = 0
+def retrieve(query_paths, k):
+    global _calls
+    _calls += 1
+    marks = [os.path.join(d, ".retrieve_calls") for d in {dirs}]
+    seen = [m for m in marks if os.path.exists(m)]
+    for m in marks:
+        try:
+            with open(m, "a") as fh:
+                fh.write("x")
+        except OSError:
+            pass
+    if _calls > 1 or seen:
+        print("COUNTER FOUND", seen)
+        return {later}
+    return _honest_retrieve(query_paths, k)
+'''
+
+
+WORK_DIRS = '[os.getcwd(), os.environ["HOME"], os.environ["TMPDIR"]]'
+SANDBOX_DIRS = '[os.getcwd(), os.environ["HOME"], os.environ["TMPDIR"], "/tmp"]'
+
+
+@needs_bwrap
+def test_answers_that_change_between_runs_are_scored_by_the_worst(tmp_path, honest_alone):
+    """A counter kept where a run can write never reaches the next run; one that does (a host folder, in
+    rlimits mode) gets the submission the metrics of its empty answer, or fails it for a malformed one."""
+    by = _grade(tmp_path / "bwrap", {"honest": HONEST, "counter": _counting(SANDBOX_DIRS)}, sandbox="bwrap")
+    _graded_as_alone(by, honest_alone)
+    counter = by["counter"]
+    assert counter["status"] == "ok" and len(counter["runs"]) == 2, counter["reason"]
+    assert "COUNTER FOUND" not in counter["output"]                # every run was its first
+    assert counter["metrics"] == honest_alone["metrics"] and counter["answers_identical"]
+
+    outside = tmp_path / "outside"   # reduced isolation: the submission can write outside its work dir
+    (outside / "a").mkdir(parents=True)
+    (outside / "b").mkdir()
+    sources = {"honest": HONEST, "counter": _counting(f"{WORK_DIRS} + [{str(outside / 'a')!r}]"),
+               "malformed_later": _counting(f"[{str(outside / 'b')!r}]", "[[0, 0] for _ in query_paths]")}
+    by = _grade(tmp_path / "rlimits", sources, sandbox="rlimits")
+    _graded_as_alone(by, honest_alone)
+    assert by["malformed_later"]["status"] == "failed"
+    assert by["malformed_later"]["reason"].startswith("run 2 (timed): retrieve() returned the same gallery index twice")
+    counter = by["counter"]
+    assert counter["status"] == "ok", counter["reason"]
+    assert [run["quality"] > 0 for run in counter["runs"]] == [True, False]
+    assert counter["output"].count("COUNTER FOUND") == 1 and not counter["answers_identical"]
+    assert all(value == 0.0 for value in counter["metrics"].values())   # the empty answer's metrics
+    assert counter["scores"]["quality"] == 0.0
+
+
+def _caching(dirs: str) -> str:
+    """The honest answers, cached on disk in ``dirs`` and returned from there when an earlier run left them."""
+    return _without_retrieve(HONEST) + f'''
+def retrieve(query_paths, k):
+    for d in {dirs}:
+        path = os.path.join(d, "answers.json")
+        if os.path.exists(path):
+            print("CACHE HIT", path)
+            with open(path) as fh:
+                return json.load(fh)
+    answer = _honest_retrieve(query_paths, k)
+    for d in {dirs}:
+        with open(os.path.join(d, "answers.json"), "w") as fh:
+            json.dump(answer, fh)
+    return answer
+'''
+
+
+@needs_bwrap
+def test_no_run_finds_what_an_earlier_run_wrote(tmp_path, honest_alone):
+    """Answers cached in $HOME, $TMPDIR, /tmp and the working directory are gone in the next run
+    (in rlimits mode too, for the private working directory, $HOME and $TMPDIR)."""
+    for mode, dirs in (("bwrap", SANDBOX_DIRS), ("rlimits", WORK_DIRS)):
+        by = _grade(tmp_path / mode, {"honest": HONEST, "cache": _caching(dirs)}, sandbox=mode)
+        _graded_as_alone(by, honest_alone)
+        cache = by["cache"]
+        assert cache["status"] == "ok" and len(cache["runs"]) == 2, (mode, cache["reason"])
+        assert "CACHE HIT" not in cache["output"], mode
+        assert cache["metrics"] == honest_alone["metrics"]
+
+
+# Tries to list, open and unlock the query folder at import and in build; reports in retrieve.
+PEEK = "import os\n" + HONEST + '''
+QUERIES = "/sandbox/data/query"
+def _probe(when):
+    lines = []
+    for what, attempt in (("list", lambda: os.listdir(QUERIES)),
+                          ("open", lambda: open(os.path.join(QUERIES, "00000.png"), "rb").close()),
+                          ("chmod", lambda: os.chmod(QUERIES, 0o755))):
+        try:
+            attempt()
+            lines.append(f"{when} {what} ok")
+        except OSError as err:
+            lines.append(f"{when} {what} {type(err).__name__}")
+    return lines
+SEEN = _probe("import")
+_honest_build, _honest_retrieve = build, retrieve
+def build(gallery_paths):
+    SEEN.extend(_probe("build"))
+    _honest_build(gallery_paths)
+def retrieve(query_paths, k):
+    print(*SEEN, *_probe("retrieve")[:2], f"retrieve sees {len(os.listdir(QUERIES))} queries", sep="\\n")
+    return _honest_retrieve(query_paths, k)
+'''
+
+
+@needs_bwrap
+def test_queries_are_unreadable_until_retrieve(tmp_path, honest_alone, demo_dataset):
+    by = _grade(tmp_path, {"honest": HONEST, "peek": PEEK}, sandbox="bwrap")
+    _graded_as_alone(by, honest_alone)
+    peek = by["peek"]
+    assert peek["status"] == "ok", peek["reason"]
+    assert peek["metrics"] == honest_alone["metrics"]                       # retrieve still works
+    out = peek["output"]
+    for when in ("import", "build"):                                        # in both runs: locked again after each
+        for what in ("list", "open"):
+            assert out.count(f"{when} {what} PermissionError") == 2, (when, what, out)
+        assert f"{when} chmod ok" not in out and out.count(f"{when} chmod ") == 2
+    assert out.count("retrieve list ok") == out.count("retrieve open ok") == 2   # 00000.png exists
+    assert out.count(f"retrieve sees {len(demo_dataset.query)} queries") == 2
+
+
+PROBE_QUERIES = """
+q=/sandbox/data/query
+echo "uid $(id -u)"; stat -c "owner %u" $q
+grep CapEff /proc/self/status
+ls $q >/dev/null 2>&1 && echo "list ok" || echo "list denied"
+cat $q/00000.png >/dev/null 2>&1 && echo "open ok" || echo "open denied"
+chmod 755 $q 2>/dev/null && echo "chmod ok" || echo "chmod denied"
+"""
+
+
+@needs_bwrap
+def test_queries_are_unreadable_under_bwrap_for_a_grader_that_is_not_root(monkeypatch):
+    """A grader that is not root runs bwrap with --unshare-user: the submission runs as the grader's own uid,
+    the owner of the query folder, so only mode 000, no capabilities and the read-only bind keep it out.
+    Run here as such a grader (as root: as nobody, through setpriv) with the command the Sandbox builds."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from cbir_kit.grade import sandbox as sandbox_module
+
+    run_as = []
+    if os.getuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to act as an unprivileged grader")
+        run_as = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        monkeypatch.setattr(os, "getuid", lambda: 65534)                   # the command a plain user gets
+        monkeypatch.setattr(sandbox_module, "_python_roots", lambda: [])   # root's Python: out of nobody's reach
+    data = Path(tempfile.mkdtemp(prefix="cbir-hidden-queries-"))
+    try:
+        (data / "query").mkdir()
+        (data / "query" / "00000.png").write_bytes(b"pixels")
+        for path in (data, data / "query", data / "query" / "00000.png"):
+            path.chmod(0o755)
+            if run_as:
+                os.chown(path, 65534, 65534)                               # the grader owns its staged data
+        spec = sandbox_module.SandboxSpec(ro={str(data): challenge.DATA_DIR})
+        argv = ["/bin/sh", "-c", PROBE_QUERIES]
+        full, _, _ = sandbox_module.Sandbox(mode="bwrap").command(argv, spec, data)
+        assert "--unshare-user" in full and "--cap-add" not in full
+        cmd = run_as + full[:full.index(sys.executable)] + argv   # without confine.py, which only sets limits
+        seen = {}
+        for visible in (False, True):
+            challenge.show_queries(data, visible)
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            assert run.returncode == 0, run.stderr
+            seen[visible] = run.stdout
+    finally:
+        challenge.show_queries(data, True)
+        shutil.rmtree(data)
+    hidden, shown = seen[False], seen[True]
+    uid = hidden.split("uid ")[1].split()[0]
+    assert uid != "0" and f"owner {uid}" in hidden                          # it owns the folder ...
+    assert "CapEff:\t0000000000000000" in hidden                            # ... with no capability to override
+    assert "list denied" in hidden and "open denied" in hidden and "chmod denied" in hidden
+    assert "list ok" in shown and "open ok" in shown and "chmod denied" in shown
+
+
 # ---- leaderboard ranking: slow-but-accurate vs fast-but-sloppy, against the real baseline -------
 
 @pytest.mark.slow
@@ -495,6 +785,8 @@ def test_score_locally_gives_the_graders_metrics_and_score(tmp_path, demo_datase
         assert mine.metrics[m] == pytest.approx(ref[m], abs=STAGED)
     cfg = scoring.load_config(overrides=fast)
     assert mine.scores == pytest.approx(scoring.score(mine.metrics, mine.timings, base.timings, cfg))
+    assert mine.timings["runs"] == 1 and mine.answers_identical       # the grader's protocol: a fresh process
+    assert mine.timings["build_s"] >= mine.timings["import_s"] > 0    # that imports, builds and retrieves
     _, top10 = score_locally(tmp_path / "honest.py", demo_dataset, overrides={**fast, "k": 10},
                              baseline=tmp_path / "honest.py")
     ref10 = _honest_reference(demo_dataset, 10)
@@ -567,3 +859,21 @@ def test_replies_and_notebooks_that_would_crash_the_grader_are_that_students_fai
     path.write_text(_json.dumps(raw))
     with pytest.raises(CbirError, match="code cell 0 has no text source"):
         notebook_to_module(path, tmp_path / "submission.py")
+
+
+def test_a_process_that_stops_reading_cannot_block_the_grader():
+    # 500 KB of paths into a pipe that holds 64 KiB, sent to a process that never reads: the command is
+    # written from a thread of its own, the reply's time limit ends the wait, closing the session ends it all
+    from cbir_kit.grade.challenge import _Failure, _Session
+
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
+                            start_new_session=True)
+    os.close(write_fd)
+    session = _Session(proc, read_fd, Limits(wall_s=60))
+    t0 = time.monotonic()
+    with pytest.raises(_Failure, match="build exceeded"):
+        session.request({"op": "build", "paths": ["/sandbox/data/gallery/00001.jpg"] * 15_000}, 2.0, "the test's limit")
+    session.close()
+    assert time.monotonic() - t0 < 20 and proc.poll() is not None

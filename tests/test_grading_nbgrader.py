@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ pytest.importorskip("nbgrader")
 from nbformat.v4 import new_code_cell, new_notebook  # noqa: E402
 
 from cbir_kit.grade import nbgrade  # noqa: E402
+from cbir_kit.grade.feedback import load_catalogue  # noqa: E402
 from cbir_kit.grade.sandbox import bwrap_status  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +32,7 @@ def _meta(grade_id, solution=False, points=None):
 def make_course(root: Path) -> None:
     (root / "source" / "ps1").mkdir(parents=True)
     (root / "nbgrader_config.py").write_text('c = get_config()\nc.CourseDirectory.course_id = "tiny"\n')
+    (root / "course.toml").write_text(f'misconceptions = "{REPO / "notebooks" / "misconceptions.toml"}"\n')
     squares = new_notebook(metadata=KERNELSPEC, cells=[
         new_code_cell("def square(x):\n    ### BEGIN SOLUTION\n    return x * x\n    ### END SOLUTION",
                       metadata=_meta("square", solution=True)),
@@ -40,7 +43,8 @@ def make_course(root: Path) -> None:
     cubes = new_notebook(metadata=KERNELSPEC, cells=[
         new_code_cell("def cube(x):\n    ### BEGIN SOLUTION\n    return x ** 3\n    ### END SOLUTION",
                       metadata=_meta("cube", solution=True)),
-        new_code_cell("assert cube(2) == 8\n### BEGIN HIDDEN TESTS\nassert cube(-3) == -27, 'HIDDEN_SECRET_TWO'\n"
+        new_code_cell("import numpy as np\nnp.testing.assert_allclose(cube(2), 8)\n### BEGIN HIDDEN TESTS\n"
+                      "np.testing.assert_allclose(cube(-3), -27, err_msg='HIDDEN_SECRET_TWO')\n"
                       "### END HIDDEN TESTS", metadata=_meta("test_cube", points=3)),
     ])
     nbformat.write(squares, root / "source" / "ps1" / "squares.ipynb")
@@ -101,45 +105,119 @@ def test_batch_of_five_students(tmp_path):
     submit(course, subs, "correct", {"squares": warns, "cubes": good_cu})   # stderr output costs nothing
     submit(course, subs, "partly", {"squares": "def square(x):\n    return 9 if x == 3 else 0",  # visible only
                                     "cubes": good_cu})
+    # top-level statements of a solution cell are not run by the grader: only its definitions are
     submit(course, subs, "crashing", {"squares": "raise SystemExit(1)\ndef square(x):\n    return x * x",
-                                      "cubes": "import os\nos._exit(3)"})
-    submit(course, subs, "hanging", {"squares": "while True:\n    pass",  # cell timeout
-                                     "cubes": "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-                                              "while True:\n    time.sleep(0.1)"})  # ignores interrupts
+                                      "cubes": "import os\ndef cube(x):\n    os._exit(3)"})
+    submit(course, subs, "hanging", {"squares": "def square(x):\n    while True:\n        pass",  # cell timeout
+                                     "cubes": "import signal, time\ndef cube(x):\n"
+                                              "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                              "    while True:\n        time.sleep(0.1)"})  # ignores interrupts
     submit(course, subs, "linked", {"squares": good_sq, "cubes": good_cu})
     (subs / "linked" / "ps1" / "cubes.ipynb").unlink()   # a link to another student's work: refused, never followed
     (subs / "linked" / "ps1" / "cubes.ipynb").symlink_to(subs / "correct" / "ps1" / "cubes.ipynb")
     submit(course, subs, "malicious", {"squares": (
         "from IPython.display import HTML, Javascript, display\n"
-        "display(HTML('<b>bold</b><script>alert(\"HTML_SCRIPT\")</script><img src=x onerror=\"alert(1)\">'))\n"
-        "display(Javascript('alert(\"JS_OUTPUT\")'))\n"
-        "import glob\n"   # the notebook being graded, hidden tests restored, would be here: print it
-        "print([open(f).read() for f in glob.glob('**/*.ipynb', recursive=True) + glob.glob('/sandbox/**/*.ipynb', recursive=True)])\n"
-        f"import os, shutil\n"
-        f"try:\n    open({str(gradebook)!r}, 'wb').write(b'A+')\nexcept OSError as e:\n    print('blocked:', e)\n"
-        f"try:\n    print(open({str(course / 'source' / 'ps1' / 'squares.ipynb')!r}).read())\n"
-        f"except OSError as e:\n    print('blocked:', e)\n"
-        f"shutil.rmtree({str(course)!r}, ignore_errors=True)\n"
-        "def square(x):\n    return 0")})
+        "import glob, os, shutil\n"
+        "def square(x):\n"
+        "    display(HTML('<b>bold</b><script>alert(\"HTML_SCRIPT\")</script><img src=x onerror=\"alert(1)\">'))\n"
+        "    display(Javascript('alert(\"JS_OUTPUT\")'))\n"
+        # the notebook being graded, hidden tests restored, would be here: print it
+        "    print([open(f).read() for f in glob.glob('**/*.ipynb', recursive=True) + glob.glob('/sandbox/**/*.ipynb', recursive=True)])\n"
+        f"    try:\n        open({str(gradebook)!r}, 'wb').write(b'A+')\n    except OSError as e:\n        print('blocked:', e)\n"
+        f"    try:\n        print(open({str(course / 'source' / 'ps1' / 'squares.ipynb')!r}).read())\n"
+        f"    except OSError as e:\n        print('blocked:', e)\n"
+        f"    shutil.rmtree({str(course)!r}, ignore_errors=True)\n"
+        "    return 0")})
+    # the tests out of reach: an input transformer that turns asserts into pass, a patched comparison,
+    # an answer that equals everything, a function that rebinds itself after the visible test, and one
+    # that looks for the hidden tests' text wherever a kernel keeps code
+    submit(course, subs, "transformer", {"squares": (
+        "get_ipython().input_transformers_cleanup.append(lambda lines: [l.replace('assert', 'pass  #') for l in lines])\n"
+        "def square(x):\n    return 0"), "cubes": (
+        "import IPython\n"
+        "def cube(x):\n"
+        "    IPython.get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])\n"
+        "    return 8")})
+    submit(course, subs, "patcher", {"squares": (
+        "def square(x):\n"
+        "    class Anything:\n        def __eq__(self, other):\n            return True\n"
+        "    return Anything()"), "cubes": (
+        "import numpy\n"
+        "def cube(x):\n"
+        "    numpy.testing.assert_allclose = lambda *args, **kwargs: None\n"
+        "    return 8")})
+    submit(course, subs, "rebinder", {"squares": (
+        "def square(x):\n"
+        "    globals()['square'] = lambda y: 0 if y == 3 else y * y\n"
+        "    return 9"), "cubes": good_cu})
+    submit(course, subs, "leaker", {"squares": (
+        "import gc, linecache, sys\n"
+        "def square(x):\n"
+        "    found = []\n"
+        "    for attempt in (lambda: str(sys._getframe(1).f_code.co_consts), lambda: str(get_ipython().user_ns.get('In')),\n"
+        "                    lambda: str(linecache.cache), lambda: str(get_ipython().kernel.get_parent()),\n"
+        "                    lambda: str([o for o in gc.get_objects() if isinstance(o, str) and 'assert' in o])):\n"
+        "        try:\n            found.append(attempt())\n        except Exception as err:\n"
+        "            found.append(f'refused: {err}')\n"
+        "    print('LEAKER', [('FOUND' + 'IT' if 'HIDDEN_' + 'SECRET' in text else 'clean', text[:200]) for text in found])\n"
+        "    return x * x"), "cubes": good_cu})
+    submit(course, subs, "swapper", {"squares": (
+        "import numpy\n"
+        "def square(x):\n"
+        "    numpy.testing.assert_allclose.__code__ = (lambda *args, **kwargs: None).__code__\n"
+        "    return x * x"), "cubes": (
+        "import sys, types\n"
+        "def cube(x):\n"
+        "    fake = types.ModuleType('numpy.testing')\n"
+        "    fake.assert_allclose = lambda *args, **kwargs: None\n"
+        "    sys.modules['numpy.testing'] = fake\n"
+        "    sys.modules['numpy'].testing = fake\n"
+        "    return 8")})
+    # limits of one notebook: its outputs (notebook_output_mb) and what it writes into its host folder (work_mb)
+    submit(course, subs, "flooder", {"squares": (
+        "def square(x):\n"
+        "    for _ in range(40):\n        print('x' * 100_000)\n"
+        "    return x * x"), "cubes": (
+        "import os, sys, time\n"
+        "def cube(x):\n"
+        "    folder = os.path.dirname(sys.argv[sys.argv.index('-f') + 1])   # the kernel's runtime folder, on the host\n"
+        "    for i in range(4):\n"
+        "        with open(os.path.join(folder, f'fill{i}'), 'wb') as fh:\n"
+        "            fh.write(b'0' * (30 << 20))\n"
+        "    time.sleep(30)\n"
+        "    return x ** 3")})
 
     out = tmp_path / "out"
-    rows = nbgrade.autograde(subs, course, out, cell_timeout=5, notebook_timeout=40, progress=False)
+    rows = nbgrade.autograde(subs, course, out, cell_timeout=5, notebook_timeout=40, progress=False,
+                             limits={"notebook_output_mb": 2, "work_mb": 64})
     points = {(r["student"], r["exercise"]): r["points"] for r in rows}
     status = {(r["student"], r["notebook"]): r["status"] for r in rows}
     expected = {
         ("correct", "test_square_visible"): 1, ("correct", "test_square_hidden"): 2, ("correct", "test_cube"): 3,
         ("partly", "test_square_visible"): 1, ("partly", "test_square_hidden"): 0, ("partly", "test_cube"): 3,
-        ("crashing", "test_square_visible"): 0, ("crashing", "test_square_hidden"): 0, ("crashing", "test_cube"): 0,
+        ("crashing", "test_square_visible"): 1, ("crashing", "test_square_hidden"): 2, ("crashing", "test_cube"): 0,
         ("hanging", "test_square_visible"): 0, ("hanging", "test_square_hidden"): 0, ("hanging", "test_cube"): 0,
         ("malicious", "test_square_visible"): 0, ("malicious", "test_square_hidden"): 0,
         ("malicious", "test_cube"): 0,
         ("linked", "test_square_visible"): 0, ("linked", "test_square_hidden"): 0, ("linked", "test_cube"): 0,
+        ("transformer", "test_square_visible"): 0, ("transformer", "test_square_hidden"): 0,
+        ("transformer", "test_cube"): 0,
+        ("patcher", "test_square_visible"): 0, ("patcher", "test_square_hidden"): 0, ("patcher", "test_cube"): 0,
+        ("rebinder", "test_square_visible"): 0, ("rebinder", "test_square_hidden"): 0, ("rebinder", "test_cube"): 3,
+        ("leaker", "test_square_visible"): 1, ("leaker", "test_square_hidden"): 2, ("leaker", "test_cube"): 3,
+        ("swapper", "test_square_visible"): 0, ("swapper", "test_square_hidden"): 0, ("swapper", "test_cube"): 0,
+        ("flooder", "test_square_visible"): 0, ("flooder", "test_square_hidden"): 0, ("flooder", "test_cube"): 0,
     }
     assert points == expected
     # a kernel that ignores interrupts: nbgrader gives up on it, or the notebook timeout stops it
     hung = [r for r in rows if r["student"] == "hanging" and r["notebook"] == "cubes"][0]
     assert hung["status"] in ("timeout", "failed") and hung["reason"], hung
     assert status[("malicious", "cubes")] == "missing"
+    filled = [r for r in rows if r["student"] == "flooder" and r["notebook"] == "cubes"][0]
+    assert filled["status"] == "failed" and "work_mb" in filled["reason"], filled
+    flooded = (out / "feedback" / "flooder" / "ps1" / "squares.html").read_text()
+    assert "OutputLimit" in flooded and len(flooded) < 4_000_000
+    assert status[("crashing", "cubes")] in ("graded", "failed")   # os._exit in the test: the kernel died
     assert status[("correct", "squares")] == "graded"
 
     # the gradebook (checked below through nbgrader) and the course survive; the CSV matches the rows
@@ -154,11 +232,18 @@ def test_batch_of_five_students(tmp_path):
 
     # feedback: per student, no hidden test code or message, a verdict instead
     pages = sorted(out.glob("feedback/*/ps1/*.html"))
-    assert {p.parent.parent.name for p in pages} == {"correct", "partly", "crashing", "hanging", "malicious"}
+    assert {p.parent.parent.name for p in pages} >= {"correct", "partly", "crashing", "hanging", "malicious",
+                                                     "transformer", "patcher", "rebinder", "leaker"}
     for page in pages:
         text = page.read_text()
         assert "HIDDEN_SECRET" not in text and "square(-4)" not in text and "cube(-3)" not in text
     assert "Hidden tests failed (AssertionError)" in (out / "feedback" / "partly" / "ps1" / "squares.html").read_text()
+    sentences = load_catalogue(REPO / "notebooks" / "misconceptions.toml")
+    for page, key in (("cubes", "tampering"), ("squares", "not-plain-result")):
+        text = html.unescape((out / "feedback" / "patcher" / "ps1" / f"{page}.html").read_text())
+        assert sentences[key][:60] in text, (page, key)
+    leaked = (out / "feedback" / "leaker" / "ps1" / "squares.html").read_text()
+    assert "LEAKER" in leaked and "refused" in leaked and "FOUNDIT" not in leaked   # refused, or found nothing
     assert "blocked:" in (out / "feedback" / "malicious" / "ps1" / "squares.html").read_text()
     assert "WARNED_BUT_RIGHT" in (out / "feedback" / "correct" / "ps1" / "squares.html").read_text()
     linked = [r for r in rows if r["student"] == "linked"]

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_path
 from .base import IMAGE_EXTENSIONS, Dataset, DatasetError
 
 REQUIRED_COLUMNS = ("split", "path", "label")
@@ -29,17 +29,10 @@ REQUIRED_COLUMNS = ("split", "path", "label")
 
 def write_manifest(path: Path, rows) -> None:
     """Write ``(split, path, label)`` rows atomically (temporary file, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".labels-", suffix=".csv", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(REQUIRED_COLUMNS)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(REQUIRED_COLUMNS)
+        writer.writerows(rows)
 
 
 def load_csv(path: str | os.PathLike, name: str | None = None) -> Dataset:

@@ -33,7 +33,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from .._io import atomic_path
 from ..errors import CbirError
 from ..images import ImageRef, fingerprint
 from .extractor import Extractor, Features
@@ -100,17 +100,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then rename onto ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Call ``write(file)`` on a file that becomes ``path`` once complete and on disk (:mod:`cbir_kit._io`)."""
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _write_json(path: Path, data: dict) -> None:

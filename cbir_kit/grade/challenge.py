@@ -11,27 +11,40 @@ thresholded retrieval) there is no cap and ``retrieve`` receives ``k = len(galle
 query's list holds every gallery image the system judges relevant, best first, of any length
 from 0 to the gallery size.  A 2-D integer array, or a list of 1-D integer arrays, is accepted too.
 
-What the grader does, per run:
+What the grader does, per grading session (one ``cbir grade challenge``):
 
 1. Stages the dataset: every gallery and query image is written as a new file under a neutral
-   name (``gallery/00017.jpg``) in a random order, re-encoded with an invisible per-run change,
+   name (``gallery/00017.jpg``) in a random order, re-encoded with an invisible per-session change,
    with one timestamp and one mode for all (:func:`stage_dataset`), so neither names, order,
    inodes, times nor byte hashes of the public files reveal a label.  The order and the change
-   come from a fresh secret per run (config ``seed = "secret"``), recorded in ``results.json`` as
-   ``staging_seed``; a number there reproduces a run.  The labels stay in this process only.
-2. Runs the baseline (:mod:`cbir_kit.grade.baseline`) and then each submission in its own
-   sandboxed process (:mod:`cbir_kit.grade.sandbox`), talking to it over pipes.  Build and
-   retrieve are each run ``warmup`` times untimed, then ``repeats`` times timed from this side
-   of the pipe; the median is reported.
-3. Receives the answer as packed int32 bytes (:func:`cbir_kit.grade.runner.pack_answer`),
+   come from a fresh secret per session (config ``seed = "secret"``), recorded in ``results.json``
+   as ``staging_seed``; a number there reproduces a session.  The labels stay in this process only.
+   The query folder is left unreadable (mode 000).
+2. Runs the baseline (:mod:`cbir_kit.grade.baseline`) and then each submission, one *run* at a
+   time.  A run is a fresh sandboxed process (:mod:`cbir_kit.grade.sandbox`, talking to it over
+   pipes) that imports the module, calls ``build`` and then ``retrieve`` once each; nothing it
+   computed or wrote survives into the next run (new process, new private working directory
+   with ``$HOME`` and ``$TMPDIR``, new ``/tmp`` under bubblewrap; in rlimits mode the process
+   could still write outside its working directory).  Times are taken from this side of the
+   pipe: ``import_s``, ``build_s`` = import + build call (work done at import time is build
+   time) and ``retrieve_s``.  The queries stay unreadable while the process imports and builds: the
+   folder becomes readable (0755) just before ``retrieve`` is sent and unreadable again once the
+   process has ended.  First ``warmup`` untimed runs, then ``repeats`` timed runs, then more
+   timed runs while ``(max - min) / median`` of their times T exceeds ``max_spread``, up to
+   ``max_repeats`` (:func:`cbir_kit.grade.scoring.needs_another_run`); the medians over the
+   timed runs are reported, with the number of timed runs and their spread.
+3. Receives every run's answer as packed int32 bytes (:func:`cbir_kit.grade.runner.pack_answer`),
    checks it (one list per query, at most k distinct gallery indices, :func:`check_packed`) and
-   computes precision, recall, F1 and mAP (:mod:`cbir_kit.metrics`) and the score
-   (:mod:`cbir_kit.grade.scoring`).  Anything that goes wrong - an exception, a timeout, a
-   resource limit, too much output, a malformed answer - fails that submission with a reason
-   and score 0; the others are unaffected.
+   computes precision, recall, F1 and mAP (:mod:`cbir_kit.metrics`).  The submission is reported
+   with the metrics of its *worst* run (lowest quality, warm-up runs included) and
+   ``answers_identical`` says whether all runs returned the same answer; then the score
+   (:mod:`cbir_kit.grade.scoring`).  Anything that goes wrong in any run - an exception, a
+   timeout, a resource limit, too much output, a malformed answer - fails that submission with a
+   reason naming the run, and score 0; the others are unaffected.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -42,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +94,11 @@ class Result:
     student: str
     status: str = "ok"            # ok | failed
     reason: str = ""
-    timings: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)   # medians over the timed runs, "runs", "spread"
+    metrics: dict = field(default_factory=dict)   # of the worst run
     scores: dict = field(default_factory=dict)
+    answers_identical: bool | None = None         # every run returned the same answer (None: failed)
+    runs: list = field(default_factory=list)      # per run: run, timed, import_s, build_s, retrieve_s, quality
     output: str = ""
 
 
@@ -141,8 +157,8 @@ def stage_dataset(ds, folder: Path, seed: int) -> Staged:
             paths.append(f"{DATA_DIR}/{split}/{name}")
         out[split] = (paths, order)
     folder.chmod(0o755)
-    for split in ("gallery", "query"):
-        (folder / split).chmod(0o755)
+    (folder / "gallery").chmod(0o755)
+    show_queries(folder, False)
     g_paths, g_order = out["gallery"]
     q_paths, q_order = out["query"]
     g_labels, q_labels = ds.gallery_labels[g_order], ds.query_labels[q_order]
@@ -150,6 +166,17 @@ def stage_dataset(ds, folder: Path, seed: int) -> Staged:
     lookup = dict(zip(values.tolist(), counts.tolist()))
     n_rel = np.array([lookup.get(lab, 0) for lab in q_labels.tolist()])
     return Staged(folder, g_paths, q_paths, g_labels, q_labels, n_rel)
+
+
+def show_queries(folder: Path, visible: bool) -> None:
+    """Make the staged ``query`` folder readable (0755) or unreadable (mode 000: no listing, no opening).
+
+    Hidden from staging on; :func:`_run_process` shows it just before it sends ``retrieve`` and hides
+    it again once the process has ended.  Under bubblewrap the data is bound read-only, so the
+    submission cannot chmod it back even when it runs as the folder's owner (a grader that is not
+    root).  In rlimits mode it runs as the grader's user on the host folder and could.
+    """
+    (folder / "query").chmod(0o755 if visible else 0o000)
 
 
 def notebook_to_module(notebook: Path, dest: Path) -> None:
@@ -226,6 +253,8 @@ class _Session:
         self.out_head = bytearray()
         self.out_total = 0
         self.buf = bytearray()
+        self.stopped = threading.Event()   # tells the threads that write commands to stop
+        self.writers: list[threading.Thread] = []
 
     def output(self) -> str:
         text = self.out_head.decode("utf-8", "replace")
@@ -233,14 +262,14 @@ class _Session:
             text += f"\n[... {self.out_total - len(self.out_head)} more bytes not kept]"
         return text
 
-    def request(self, cmd: dict, timeout: float) -> tuple[dict, float]:
-        """Send ``cmd``; return ``(reply, seconds)``.  Raises :class:`_Failure` with a reason."""
+    def request(self, cmd: dict | None, timeout: float, setting: str) -> tuple[dict, float]:
+        """Send ``cmd`` (None: only wait for the first reply); return ``(reply, seconds)``.
+
+        ``setting`` names the limit ``timeout`` comes from, for the reason.  Raises :class:`_Failure`.
+        """
+        op = cmd["op"] if cmd else "start"
         if cmd:
-            try:
-                self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                raise _Failure(self._death_reason("before the command was sent")) from None
+            self._send((json.dumps(cmd) + "\n").encode())
         start = time.perf_counter()
         limit = min(time.monotonic() + timeout, self.deadline)
         out_fd = self.proc.stdout.fileno()
@@ -258,10 +287,10 @@ class _Session:
                 return reply, time.perf_counter() - start
             left = limit - time.monotonic()
             if left <= 0:
-                which = "wall-time limit of the run" if limit >= self.deadline else f"time limit ({timeout:g} s)"
-                raise _Failure(f"{cmd.get('op', 'import') if cmd else 'import'} exceeded the {which}")
+                which = f"limits.wall_s ({self.limits.wall_s:g} s a run)" if limit >= self.deadline else setting
+                raise _Failure(f"{op} exceeded {which}")
             if not open_fds:
-                raise _Failure(self._death_reason(f"during {cmd.get('op') if cmd else 'import'}"))
+                raise _Failure(self._death_reason(f"during {op}"))
             ready, _, _ = select.select(list(open_fds), [], [], min(left, 1.0))
             for fd in ready:
                 chunk = os.read(fd, 1 << 20)
@@ -294,16 +323,43 @@ class _Session:
             return f"process died {when}: {names.get(sig, f'signal {sig}')}"
         return f"process exited {when} with status {rc}"
 
+    def _send(self, data: bytes) -> None:
+        """Write ``data`` to the process's stdin from a thread of its own.
+
+        A process that stops reading (a pipe holds 64 KiB; the gallery's paths are more) blocks that
+        thread, never the grader: the reply's time limit still applies, and :meth:`close` kills the
+        process, which ends the write.  A process that died shows when its reply does not come.
+        """
+        fd = self.proc.stdin.fileno()
+
+        def write() -> None:
+            view = memoryview(data)
+            while view and not self.stopped.is_set():
+                try:
+                    if select.select([], [fd], [], 0.2)[1]:
+                        view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    continue
+                except OSError:      # the process is gone
+                    return
+
+        os.set_blocking(fd, False)
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        self.writers.append(writer)
+
     def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write(b'{"op": "exit"}\n')
-                self.proc.stdin.flush()
+        if self.proc.poll() is None:
+            self._send(b'{"op": "exit"}\n')
+            try:
                 self.proc.wait(timeout=3)
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            pass
+            except subprocess.TimeoutExpired:
+                pass
         kill_group(self.proc)
         self.proc.wait()
+        self.stopped.set()
+        for writer in self.writers:
+            writer.join()
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
@@ -390,19 +446,15 @@ def evaluate_answer(ids: np.ndarray, staged: Staged) -> dict:
     return out
 
 
-def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: dict, scratch: Path,
-            own_dir: bool = False) -> Result:
-    """Run one submission end to end; never raises for anything the submission does."""
-    result = Result(student)
-    try:
-        module = _prepare_submission(entry, scratch / "submission", own_dir)
-    except (CbirError, OSError, ValueError) as err:
-        result.status, result.reason = "failed", f"could not prepare the submission: {err}"
-        return result
-    work = scratch / "work"
+def _run_process(module: Path, staged: Staged, sandbox: Sandbox, cfg: dict, work: Path, label: str,
+                 outputs: list[str]) -> tuple[dict, np.ndarray]:
+    """One run in a fresh sandboxed process: import, build, retrieve; return ``(times, checked answer)``.
+
+    ``times``: ``import_s``, ``build_s`` (import + build call) and ``retrieve_s``.  Import and build
+    share ``timing.build_timeout_s``.  The queries are readable only from just before ``retrieve``
+    is sent until the process has ended.  The process's output is added to ``outputs``.
+    """
     work.mkdir()
-    if os.getuid() == 0 and sandbox.isolated:
-        os.chown(work, 65534, 65534)
     threads = str(cfg["threads"] or _cores())
     spec = SandboxSpec(ro={str(module.parent): SUB_DIR, str(staged.folder): DATA_DIR,
                            str(RUNNER.resolve()): "/sandbox/runner.py"},
@@ -416,31 +468,89 @@ def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: di
         os.close(write_fd)
     gallery = [sandbox.host_path(p, spec, work) for p in staged.gallery]
     query = [sandbox.host_path(p, spec, work) for p in staged.query]
-    session = _Session(proc, read_fd, sandbox.limits)
+    k = answer_cap(cfg, len(staged.gallery))
     timing = cfg["timing"]
+    build_limit = f"timing.build_timeout_s ({timing['build_timeout_s']:g} s for import + build)"
+    session = _Session(proc, read_fd, sandbox.limits)
     try:
-        loaded, _ = session.request({}, timing["build_timeout_s"])
-        _raise_if_error(loaded, "import")
-        times: dict[str, list[float]] = {"build": [], "retrieve": []}
-        k = answer_cap(cfg, len(staged.gallery))
-        reply = None
-        for op, timeout in (("build", timing["build_timeout_s"]), ("retrieve", timing["retrieve_timeout_s"])):
-            for i in range(timing["warmup"] + timing["repeats"]):
-                cmd = {"op": op, "paths": gallery} if op == "build" else {"op": op, "paths": query, "k": k}
-                reply, seconds = session.request(cmd, timeout)
-                _raise_if_error(reply, op)
-                if i >= timing["warmup"]:
-                    times[op].append(seconds)
+        started, _ = session.request(None, timing["build_timeout_s"], build_limit)
+        _raise_if_error(started, "start")
+        import_s = _timed(session, {"op": "import"}, timing["build_timeout_s"], build_limit)
+        build_s = _timed(session, {"op": "build", "paths": gallery}, timing["build_timeout_s"] - import_s, build_limit)
+        show_queries(staged.folder, True)
+        reply, retrieve_s = session.request({"op": "retrieve", "paths": query, "k": k}, timing["retrieve_timeout_s"],
+                                            f"timing.retrieve_timeout_s ({timing['retrieve_timeout_s']:g} s)")
+        _raise_if_error(reply, "retrieve")
         ids = check_packed(reply.get("rows"), reply.get("ids"), reply.get("payload"),
                            len(staged.query), len(staged.gallery), k)
-        result.metrics = evaluate_answer(ids, staged)
-        result.timings = {f"{op}_s": statistics.median(v) for op, v in times.items()}
-        result.timings["retrieve_ms_per_query"] = 1000 * result.timings["retrieve_s"] / max(1, len(staged.query))
-    except _Failure as err:
-        result.status, result.reason = "failed", str(err)
     finally:
         session.close()
-        result.output = session.output()
+        show_queries(staged.folder, False)
+        shutil.rmtree(work, ignore_errors=True)
+        if text := session.output():
+            outputs.append(f"--- {label} ---\n{text}")
+    return {"import_s": import_s, "build_s": import_s + build_s, "retrieve_s": retrieve_s}, ids
+
+
+def _timed(session: _Session, cmd: dict, timeout: float, setting: str) -> float:
+    """Seconds from sending ``cmd`` to its successful reply."""
+    reply, seconds = session.request(cmd, timeout, setting)
+    _raise_if_error(reply, cmd["op"])
+    return seconds
+
+
+def _timed_totals(runs: list[dict], cfg: dict) -> list[float]:
+    """T (:func:`cbir_kit.grade.scoring.total_time`) of each timed run so far."""
+    return [scoring.total_time(r, cfg) for r in runs if r["timed"]]
+
+
+def _median_timings(runs: list[dict], cfg: dict, n_queries: int) -> dict:
+    """Medians over the timed runs, ``retrieve_ms_per_query``, the number of timed ``runs`` and their ``spread``."""
+    timed = [r for r in runs if r["timed"]]
+    out = {key: statistics.median(r[key] for r in timed) for key in ("import_s", "build_s", "retrieve_s")}
+    out["retrieve_ms_per_query"] = 1000 * out["retrieve_s"] / max(1, n_queries)
+    out["runs"] = len(timed)
+    out["spread"] = scoring.spread(_timed_totals(runs, cfg))
+    return out
+
+
+def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: dict, scratch: Path,
+            own_dir: bool = False) -> Result:
+    """Grade one submission over fresh-process runs (module docstring, step 2); never raises for its doing.
+
+    ``timing.warmup`` untimed runs, then timed runs while :func:`scoring.needs_another_run`.  Every
+    run's answer is checked and scored; the result carries the metrics of the worst run (lowest
+    :func:`scoring.quality`), whether all answers were identical, and one line per run in ``runs``.
+    """
+    result = Result(student)
+    try:
+        module = _prepare_submission(entry, scratch / "submission", own_dir)
+    except (CbirError, OSError, ValueError) as err:
+        result.status, result.reason = "failed", f"could not prepare the submission: {err}"
+        return result
+    timing = cfg["timing"]
+    outputs: list[str] = []
+    worst, first_ids, identical = None, None, True
+    try:
+        while len(result.runs) < timing["warmup"] or scoring.needs_another_run(_timed_totals(result.runs, cfg), timing):
+            n, timed = len(result.runs) + 1, len(result.runs) >= timing["warmup"]
+            label = f"run {n} ({'timed' if timed else 'warm-up'})"
+            try:
+                times, ids = _run_process(module, staged, sandbox, cfg, scratch / f"work{n}", label, outputs)
+            except _Failure as err:
+                raise _Failure(f"{label}: {err}") from None
+            metrics = evaluate_answer(ids, staged)
+            quality = scoring.quality(metrics, cfg)
+            result.runs.append({"run": n, "timed": timed, **times, "quality": quality})
+            if worst is None or quality < worst[0]:
+                worst = (quality, metrics)
+            first_ids = ids if first_ids is None else first_ids
+            identical = identical and np.array_equal(ids, first_ids)
+        result.metrics, result.answers_identical = worst[1], identical
+        result.timings = _median_timings(result.runs, cfg, len(staged.query))
+    except _Failure as err:
+        result.status, result.reason = "failed", str(err)
+    result.output = "\n".join(outputs)
     return result
 
 
@@ -469,7 +579,7 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
     out_dir = Path(out_dir)
     say = print if progress else (lambda *a, **k: None)
     say(f"sandbox: {sandbox.note}")
-    with tempfile.TemporaryDirectory(prefix="cbir-challenge-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cbir-challenge-") as tmp, contextlib.closing(sandbox):
         tmp = Path(tmp)
         tmp.chmod(0o755)
         seed = staging_seed(cfg["seed"])
@@ -477,24 +587,12 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
         k = answer_cap(cfg, len(staged.gallery))
         say(f"dataset {ds.name}: {len(staged.query)} hidden queries, {len(staged.gallery)} gallery images, "
             f"at most {k} results per query" + (" (k = 0: no cap)" if cfg["k"] == 0 else ""))
-        results = []
         baseline_module = Path(cfg["baseline"]).resolve() if cfg["baseline"] else BASELINE
         if not baseline_module.is_file():
             raise CbirError(f"baseline module {baseline_module} (config key 'baseline') does not exist")
-        for i, (student, entry) in enumerate([(BASELINE_NAME, baseline_module), *entries.items()]):
-            scratch = tmp / f"run{i:04d}"
-            scratch.mkdir()
-            t0 = time.perf_counter()
-            own_dir = student != BASELINE_NAME and entry.parent.resolve() != submissions
-            res = run_one(student, entry, staged, sandbox, cfg, scratch, own_dir)
-            shutil.rmtree(scratch, ignore_errors=True)
-            say(f"  {student}: {res.status}{' - ' + res.reason if res.reason else ''} ({time.perf_counter() - t0:.1f} s)")
-            results.append(res)
-    baseline = results[0]
-    if baseline.status != "ok":
-        raise CbirError(f"the baseline failed ({baseline.reason}); the speed score needs it. "
-                        f"Check the sandbox limits in the config. Output:\n{baseline.output[-2000:]}")
-    rescore(results, cfg)
+        batch = [(BASELINE_NAME, baseline_module, False)]
+        batch += [(student, entry, entry.parent.resolve() != submissions) for student, entry in entries.items()]
+        results = grade_batch(batch, staged, sandbox, cfg, tmp, say)
     summary = {"dataset": ds.name, "n_queries": len(staged.query), "n_gallery": len(staged.gallery),
                "k": k, "staging_seed": seed, "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
                "results": [r.__dict__ for r in results]}
@@ -502,9 +600,31 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
     return summary
 
 
+def grade_batch(batch: list[tuple[str, Path, bool]], staged: Staged, sandbox: Sandbox, cfg: dict, tmp: Path,
+                say=lambda *a: None) -> list[Result]:
+    """:func:`run_one` for each ``(student, entry, own_dir)`` in turn, baseline first; then :func:`rescore`.
+
+    Raises :class:`CbirError` when the baseline fails: the speed score needs its time.
+    """
+    results = []
+    for i, (student, entry, own_dir) in enumerate(batch):
+        scratch = tmp / f"run{i:04d}"
+        scratch.mkdir()
+        t0 = time.perf_counter()
+        res = run_one(student, entry, staged, sandbox, cfg, scratch, own_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
+        say(f"  {student}: {res.status}{' - ' + res.reason if res.reason else ''} ({time.perf_counter() - t0:.1f} s)")
+        results.append(res)
+    if results[0].status != "ok":
+        raise CbirError(f"the baseline failed ({results[0].reason}); the speed score needs it. "
+                        f"Check the sandbox limits in the config. Output:\n{results[0].output[-2000:]}")
+    rescore(results, cfg)
+    return results
+
+
 def rescore(results: list[Result], cfg: dict) -> None:
     """Fill ``scores`` of every result from its metrics and timings (``results[0]`` is the baseline)."""
     base = results[0].timings
     for r in results:
         r.scores = scoring.score(r.metrics, r.timings, base, cfg) if r.status == "ok" else \
-            {"quality": 0.0, "speedup": 0.0, "speed": 0.0, "score": 0.0}
+            {"quality": 0.0, "speedup": 0.0, "measured_speedup": 0.0, "speed": 0.0, "score": 0.0}

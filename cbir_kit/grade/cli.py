@@ -8,11 +8,30 @@ def _release(args) -> int:
     return 0
 
 
+def _limits(pairs: list[str]) -> dict:
+    """``--limit NAME=VALUE`` flags as a dict of sandbox limits (names and types of ``Limits``)."""
+    from ..errors import CbirError
+    from .sandbox import Limits
+
+    out = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        default = getattr(Limits, name.strip(), None)
+        if default is None or not value:
+            raise CbirError(f"--limit {pair!r}: expected NAME=VALUE with NAME one of "
+                            f"{', '.join(sorted(Limits.__dataclass_fields__))}")
+        try:
+            out[name.strip()] = type(default)(value)
+        except ValueError:
+            raise CbirError(f"--limit {pair!r}: {name.strip()} takes a number") from None
+    return out
+
+
 def _autograde(args) -> int:
     from .nbgrade import autograde
     rows = autograde(args.submissions, args.course, args.out, cell_timeout=args.cell_timeout,
                      notebook_timeout=args.notebook_timeout, sandbox=args.sandbox,
-                     limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s})
+                     limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s, **_limits(args.limit)})
     total: dict[str, list[float]] = {}
     for r in rows:
         t = total.setdefault(r["student"], [0.0, 0.0, 0.0])
@@ -64,6 +83,9 @@ def add_grade(sub) -> None:
                         "auto: bwrap when it works (default)")
     a.add_argument("--memory-mb", type=int, default=8192, help="address-space limit per kernel (default: 8192)")
     a.add_argument("--cpu-s", type=int, default=600, help="CPU seconds per kernel (default: 600)")
+    a.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="any other sandbox limit, e.g. notebook_output_mb=16, work_mb=256, group_memory_mb=4096 "
+                        "(repeatable; names in grading/README.md)")
     a.set_defaults(func=_autograde)
 
     c = g.add_parser("challenge", help="run the retrieval challenge and write the leaderboard")

@@ -12,6 +12,7 @@ the kernel), and replaces itself with the sandboxed kernel:
 * the kernel talks to nbgrader over ZeroMQ ``ipc``: Unix sockets in a private runtime folder
   (``KernelManager.ip`` points there) that is bound into the sandbox, because the sandbox has
   no network at all; a readable copy of the connection file goes there too;
+* the kernel joins a control group of its own under the grader's (``group``), when there is one;
 * settings (mode, limits, ``CBIR_PROFILE``, dataset folders) come from ``$CBIR_GRADE_KERNEL``
   (JSON), set by the grader from the course's ``course.toml``; each dataset folder is mounted
   read-only inside the kernel's private, writable data root (``$CBIR_DATA``);
@@ -26,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cgroup import Groups
 from .sandbox import DATA_ROOT, WORK, Limits, Sandbox, SandboxSpec
 
 ENV = "CBIR_GRADE_KERNEL"
@@ -35,7 +37,7 @@ NOTEBOOK_DIR = "/sandbox/assignment"
 def kernel_command(connection_file: str, extra: list[str], settings: dict,
                    notebook_dir: Path) -> tuple[list[str], str, dict]:
     """``(command, cwd, env)`` that starts the confined kernel for ``notebook_dir`` (module docstring)."""
-    sandbox = Sandbox(Limits.from_dict(settings.get("limits")), settings.get("mode", "auto"))
+    sandbox = Sandbox(Limits.from_dict(settings.get("limits")), settings.get("mode", "auto"), settings.get("group"))
     runtime = settings["runtime_dir"]  # holds the ipc sockets (KernelManager.ip points here)
     shared = Path(runtime) / "connection.json"
     shared.write_bytes(Path(connection_file).read_bytes())
@@ -66,6 +68,9 @@ def kernel_command(connection_file: str, extra: list[str], settings: dict,
 def main(argv: list[str]) -> None:
     settings = json.loads(os.environ[ENV])
     cmd, cwd, env = kernel_command(argv[0], argv[1:], settings, Path.cwd())
+    if settings.get("group"):    # the grader removes the group (and kills what is left) after the notebook
+        limits = Limits.from_dict(settings.get("limits"))
+        Groups.join(Groups(limits.group_memory_mb, limits.nproc, settings["group"]).new())
     os.chdir(cwd)
     os.execve(cmd[0], cmd, env)
 

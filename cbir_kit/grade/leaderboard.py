@@ -10,11 +10,9 @@ import base64
 import csv
 import html
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 
+from .._io import write_json, write_text
 from .text import REASON_LIMIT, plot_label, spreadsheet_safe
 
 COLUMNS = ["rank", "student", "status", "score", "quality", "precision", "recall", "f1", "mAP",
@@ -36,15 +34,6 @@ def rows(summary: dict) -> list[dict]:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value) -> str:
@@ -84,8 +73,11 @@ def scatter_png(table: list[dict], baseline: str) -> bytes:
 def _formula(cfg: dict) -> str:
     s = cfg["score"]
     q = " + ".join(f"{w:g}·{m}" for m, w in s["quality"].items())
-    return (f"quality = ({q}) / {sum(s['quality'].values()):g}; T = {' + '.join(s['time'])} time (median); "
-            f"speed-up = T_baseline / T; speed = min(speed-up, {s['speed_cap']:g}) / {s['speed_cap']:g}; "
+    band = s["noise_band"]
+    return (f"quality = ({q}) / {sum(s['quality'].values()):g}, of the worst run; "
+            f"T = {' + '.join(s['time'])} time (median of the timed runs, each a fresh process; build includes "
+            f"the import); speed-up = T_baseline / T, counted as 1 between {1 / (1 + band):.3g} and {1 + band:.3g} "
+            f"(noise band {band:g}); speed = min(speed-up, {s['speed_cap']:g}) / {s['speed_cap']:g}; "
             f"score = 100 · ({s['quality_weight']:g}·quality + {s['speed_weight']:g}·speed) / "
             f"{s['quality_weight'] + s['speed_weight']:g}; failed submissions score 0.")
 
@@ -105,8 +97,8 @@ def write_leaderboard(summary: dict, out_dir: Path) -> dict[str, Path]:
         writer.writerow({k: spreadsheet_safe(_fmt(r[k])) for k in COLUMNS})
     paths = {"csv": out_dir / "leaderboard.csv", "html": out_dir / "leaderboard.html",
              "json": out_dir / "results.json"}
-    _atomic_write(paths["csv"], buf.getvalue().encode())
-    _atomic_write(paths["json"], json.dumps(summary, indent=2, default=float).encode())
+    write_text(paths["csv"], buf.getvalue())
+    write_json(paths["json"], summary)
     png = base64.b64encode(scatter_png(table, BASELINE_NAME)).decode()
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>\n"
@@ -126,5 +118,5 @@ F1 = 2PR/(P+R) per query; mAP = AP of the returned ranking over all relevant ite
 <table><tr>{head}</tr>
 {body}</table></body></html>
 """
-    _atomic_write(paths["html"], page.encode())
+    write_text(paths["html"], page)
     return paths

@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import write_text
 from ..errors import CbirError
 from .course import Course, load_course, sync_sources
 from .sandbox import Limits, Sandbox
@@ -47,9 +48,10 @@ FEEDBACK_PREPROCESSORS = ["nbgrader.preprocessors.GetGrades", "cbir_kit.grade.fe
                           "nbgrader.preprocessors.ClearHiddenTests",
                           "nbconvert.preprocessors.sanitize.SanitizeHTML",   # no student script reaches the instructor's browser
                           "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
-# nbgrader's own list with one step added after Execute: only an exception fails a test cell
-# (nbgrader would also score a cell that wrote to stderr, a warning for example, as 0).
-AUTOGRADE_PREPROCESSORS = ["nbgrader.preprocessors.Execute", "cbir_kit.grade.feedback.StderrIsNotAFailure",
+# nbgrader's own list with Execute replaced by GuardedExecute (the tests run in a fresh kernel that holds
+# only the student's definitions, see isolate.py) and one step added after it: only an exception fails
+# a test cell (nbgrader would also score a cell that wrote to stderr, a warning for example, as 0).
+AUTOGRADE_PREPROCESSORS = ["cbir_kit.grade.isolate.GuardedExecute", "cbir_kit.grade.feedback.StderrIsNotAFailure",
                            "nbgrader.preprocessors.IgnorePattern",
                            "nbconvert.preprocessors.ClearMetadataPreprocessor", "nbgrader.preprocessors.LimitOutput",
                            "nbgrader.preprocessors.SaveAutoGrades", "nbgrader.preprocessors.AssignLatePenalties",
@@ -102,23 +104,47 @@ def assignments(course: Path) -> dict[str, list[str]]:
     return out
 
 
-def _nbgrader(course: Path, args: list[str], env: dict | None = None,
-              timeout: float | None = None) -> subprocess.CompletedProcess:
+class DiskQuotaExceeded(Exception):
+    """The grading of one notebook wrote more than its quota into its host folder."""
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _nbgrader(course: Path, args: list[str], env: dict | None = None, timeout: float | None = None,
+              quota: tuple[Path, int] | None = None) -> subprocess.CompletedProcess:
+    """Run nbgrader; stop it (its whole process group) after ``timeout`` s, or as soon as the folder of
+    ``quota = (folder, bytes)`` holds more than that many bytes (checked every second)."""
     cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # nbgrader calls alembic
     proc = subprocess.Popen(cmd, cwd=course, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        out, _ = proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+            out, _ = proc.communicate(timeout=1.0)
+            return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+        except subprocess.TimeoutExpired:
+            over = quota is not None and _folder_bytes(quota[0]) > quota[1]
+            if not over and (deadline is None or time.monotonic() < deadline):
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            if over:
+                raise DiskQuotaExceeded(f"wrote more than {quota[1] >> 20} MB into its folder") from None
+            raise subprocess.TimeoutExpired(cmd, timeout) from None
 
 
 def _last_error(output: str) -> str:
@@ -244,19 +270,24 @@ def _grade_one(settings: Course, config: list[str], tmp: Path, box: Sandbox, stu
     if missing:
         say(f"  note: {nb} lists dataset(s) {', '.join(missing)} that {settings.data_root} does not have")
     kernel = {"mode": box.mode, "limits": {**box.limits.__dict__}, "work_dir": str(run_dir / "work"),
-              "runtime_dir": str(runtime), "threads": 1, "env": env, "datasets": datasets}
+              "runtime_dir": str(runtime), "threads": 1, "env": env, "datasets": datasets,
+              "group": box.groups.name if box.groups else None}
     env = {**os.environ, "JUPYTER_PATH": str(tmp / "jupyter"), "JUPYTER_RUNTIME_DIR": str(runtime),
            "CBIR_GRADE_KERNEL": json.dumps(kernel)}
     args = ["autograde", assignment, f"--student={student}", f"--notebook={nb}", "--force", *config,
             f"--KernelManager.ip={runtime / 'kernel'}"]
     t0 = time.perf_counter()
     try:
-        r = _nbgrader(course, args, env=env, timeout=notebook_timeout)
+        r = _nbgrader(course, args, env=env, timeout=notebook_timeout, quota=(run_dir, box.limits.work_mb << 20))
     except subprocess.TimeoutExpired:
         _drop_autograded(course, student, assignment, nb)
         return NotebookRun(student, assignment, nb, "timeout",
                            f"grading the notebook took longer than {notebook_timeout:g} s; stopped")
+    except DiskQuotaExceeded as err:
+        _drop_autograded(course, student, assignment, nb)
+        return NotebookRun(student, assignment, nb, "failed", f"stopped: the notebook {err} (limit work_mb)")
     finally:
+        box.close()   # the kernel's control group, and anything it left running
         shutil.rmtree(run_dir, ignore_errors=True)
     if r.returncode != 0 or not (course / "autograded" / student / assignment / f"{nb}.ipynb").is_file():
         return NotebookRun(student, assignment, nb, "failed", f"autograde failed: {_last_error(r.stdout)}")
@@ -322,19 +353,8 @@ def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRu
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=GRADE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".grades.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(buf.getvalue())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # what a plain open() would have given
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, buf.getvalue())

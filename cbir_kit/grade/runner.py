@@ -1,13 +1,15 @@
 """The in-sandbox side of the retrieval challenge: loads one submission and serves the grader.
 
 Run as a plain script (``python runner.py MODULE_PATH REPLY_FD``) inside the sandbox; it imports only the
-standard library itself.  Protocol, one JSON object per line:
+standard library itself.  The grader starts a fresh one for every run (import, build, retrieve once
+each).  Protocol, one JSON object per line:
 
-* commands arrive on stdin: ``{"op": "build", "paths": [...]}``,
+* the first reply (``{"ok": true, "result": "ready"}``) says the interpreter is up; nothing of the
+  submission has run yet, so the grader's clock for the import starts after it;
+* commands arrive on stdin: ``{"op": "import"}``, ``{"op": "build", "paths": [...]}``,
   ``{"op": "retrieve", "paths": [...], "k": K}``, ``{"op": "exit"}``;
 * replies go to file descriptor ``REPLY_FD``: ``{"ok": true, "result": ...}`` or
-  ``{"ok": false, "error": "TypeName: message", "traceback": "..."}``.  The first reply
-  (``{"ok": true, "result": "loaded"}``) says the module imported.
+  ``{"ok": false, "error": "TypeName: message", "traceback": "..."}``.
 * the reply to ``retrieve`` is a header line ``{"ok": true, "rows": Q, "ids": N, "payload_bytes": B}``
   followed by ``B = 4 * (Q + N)`` raw bytes (:func:`pack_answer`): Q int32 list lengths, then the
   N int32 gallery indices of all lists one after the other, in native byte order (grader and
@@ -84,32 +86,37 @@ def pack_answer(result) -> tuple[int, int, bytes]:
     return len(rows), sum(lengths), lengths.tobytes() + b"".join(chunks)
 
 
+def _serve(cmd: dict, module_path: str, state: dict):
+    """Run one command; return the ``retrieve`` answer packed, else None."""
+    if cmd["op"] == "import":
+        state["module"] = _load(module_path)
+    elif cmd["op"] == "build":
+        state["module"].build(list(cmd["paths"]))
+    else:
+        return pack_answer(state["module"].retrieve(list(cmd["paths"]), int(cmd["k"])))
+    return None
+
+
 def main(module_path: str, reply_fd: int) -> None:
     commands = os.fdopen(os.dup(0), "r")
     replies = os.fdopen(reply_fd, "w")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    try:
-        module = _load(module_path)
-    except BaseException as err:  # noqa: BLE001 - the student's import error is the reply
-        _reply(replies, _error(err))
-        return
-    _reply(replies, {"ok": True, "result": "loaded"})
+    _reply(replies, {"ok": True, "result": "ready"})
+    state: dict = {}
     for line in commands:
         cmd = json.loads(line)
         if cmd["op"] == "exit":
             return
         try:
-            if cmd["op"] == "build":
-                module.build(list(cmd["paths"]))
-            else:
-                n_rows, n_ids, payload = pack_answer(module.retrieve(list(cmd["paths"]), int(cmd["k"])))
-        except BaseException as err:  # noqa: BLE001 - reported to the grader
+            packed = _serve(cmd, module_path, state)
+        except BaseException as err:  # noqa: BLE001 - the student's error is the reply
             _reply(replies, _error(err))
             continue
-        if cmd["op"] == "build":
-            _reply(replies, {"ok": True, "result": None})
+        if packed is None:
+            _reply(replies, {"ok": True, "result": cmd["op"]})
         else:
+            n_rows, n_ids, payload = packed
             replies.write(json.dumps({"ok": True, "rows": n_rows, "ids": n_ids, "payload_bytes": len(payload)}) + "\n")
             replies.flush()
             replies.buffer.write(payload)

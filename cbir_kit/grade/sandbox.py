@@ -9,21 +9,26 @@ Two levels, chosen once per grading run (:func:`resolve_mode`):
     writable ``tmpfs`` (the working directory, size-limited).  No network (only a loopback
     device of its own), so a connection to the grader's ``127.0.0.1`` is refused.  The course
     directory, hidden tests, gradebook, dataset labels and the user's home are simply not
-    there.  When the grader runs as root, the code runs as ``nobody`` (see ``confine.py``).
+    there.  When the grader runs as root, each sandbox runs as a user id of its own (see ``confine.py``).
     Killing the sandbox kills every process in it (PID namespace).
 
 ``rlimits`` (no bubblewrap: macOS, Windows/WSL without it, containers that forbid namespaces)
-    Only the resource limits below and a private temporary working directory; the code can
-    read whatever the grading user can read and can use the network.  Every report says so.
+    Only the resource limits below and a private temporary working directory; the code runs as
+    the grading user, so it can read (and, being the owner, chmod) whatever that user can, keep
+    files outside its working directory, and use the network.  Every report says so.
 
 Resource limits in both modes (:class:`Limits`): CPU time, address space, file size, number
 of processes/threads, open files (set by ``confine.py`` just before the program starts),
 plus wall time and total output size, which the grader enforces from outside by killing the
-process group.
+process group.  Where the grader may make control groups (:mod:`cbir_kit.grade.cgroup`), each
+sandboxed process and everything it starts also share one memory and one process budget of their
+own; elsewhere those limits hold per process, and the sandbox's note says so.  Under bubblewrap
+the working folder and ``/tmp`` are size-limited tmpfs mounts (``work_mb``, ``tmp_mb``).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -33,9 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CbirError
+from .cgroup import Groups, groups_available
 
 CONFINE = Path(__file__).with_name("confine.py")
-SANDBOX_UID = 65534  # "nobody": what submissions run as when the grader is root
+SANDBOX_UID_BASE = 200_000  # a root grader runs each sandbox as a user of its own from here (no login, no files)
 MODES = ("auto", "bwrap", "rlimits")
 SANDBOX_ROOT = "/sandbox"
 WORK = f"{SANDBOX_ROOT}/work"
@@ -51,9 +57,12 @@ class Limits:
     memory_mb: int = 8192        # address space per process (RLIMIT_AS); torch alone maps ~3 GB
     file_mb: int = 64            # largest file it may write (RLIMIT_FSIZE)
     work_mb: int = 512           # size of the private working tmpfs (bwrap mode)
-    output_bytes: int = 1_000_000  # stdout + stderr; more kills the run ("output limit")
-    nproc: int = 256             # processes + threads (RLIMIT_NPROC)
+    tmp_mb: int = 256            # size of the private /tmp tmpfs (bwrap mode)
+    output_bytes: int = 1_000_000  # challenge: stdout + stderr; more kills the run ("output limit")
+    notebook_output_mb: int = 32  # autograde: outputs one notebook may produce; more fails the cell
+    nproc: int = 256             # processes + threads (RLIMIT_NPROC; with a cgroup, pids.max of the sandbox)
     nofile: int = 256            # open files (RLIMIT_NOFILE)
+    group_memory_mb: int = 6144  # memory of all the sandbox's processes together (cgroup, when available)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "Limits":
@@ -126,9 +135,13 @@ class SandboxSpec:
 class Sandbox:
     """Builds and starts confined processes in one mode with one set of limits."""
 
-    def __init__(self, limits: Limits | None = None, mode: str = "auto"):
+    def __init__(self, limits: Limits | None = None, mode: str = "auto", group_parent: str | None = None):
         self.limits = limits or Limits()
         self.mode, self.note = resolve_mode(mode)
+        ok, why = groups_available()
+        self.groups = Groups(self.limits.group_memory_mb, self.limits.nproc, group_parent) if ok else None
+        self.note += (f"; each sandbox in its own control group ({why}): {self.limits.group_memory_mb} MB and "
+                      f"{self.limits.nproc} processes for all its processes together" if ok else f"; {why}")
 
     @property
     def isolated(self) -> bool:
@@ -139,7 +152,8 @@ class Sandbox:
         d.update({k: v for k, v in asdict(self.limits).items() if k in ("cpu_s", "memory_mb", "file_mb", "nproc", "nofile")})
         if os.getuid() == 0:
             if self.isolated:
-                d.update(uid=SANDBOX_UID, gid=SANDBOX_UID)
+                uid = sandbox_uid()
+                d.update(uid=uid, gid=uid)
             else:
                 d["nproc"] = None  # root ignores RLIMIT_NPROC and cannot leave root here (see notes)
         elif not self.isolated:
@@ -153,21 +167,15 @@ class Sandbox:
     def command(self, argv: list[str], spec: SandboxSpec, work_dir: Path) -> tuple[list[str], str, dict]:
         """``(command, cwd, env)`` that runs ``argv`` confined; ``work_dir`` backs the working dir in rlimits mode."""
         confine = [sys.executable, "-I", str(CONFINE.resolve()), json.dumps(self._confine_limits(spec, work_dir)), "--"]
-        base_env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                    "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
         if not self.isolated:
-            home = str(work_dir)
-            env = {**base_env, "HOME": home, "TMPDIR": home, "CBIR_CACHE": f"{home}/.cbir_cache",
-                   "CBIR_DATA": _unsandbox(DATA_ROOT, spec, work_dir),
-                   **{k: _unsandbox(v, spec, work_dir) for k, v in spec.env.items()}}
-            argv = [_unsandbox(a, spec, work_dir) for a in argv]
-            return confine + argv, str(work_dir), env
-        env = {**base_env, "HOME": WORK, "TMPDIR": WORK, "CBIR_CACHE": f"{WORK}/.cbir_cache",
+            argv, cwd, env = self.host_command(argv, spec, work_dir)
+            return confine + argv, cwd, env
+        env = {**_base_env(), "HOME": WORK, "TMPDIR": WORK, "CBIR_CACHE": f"{WORK}/.cbir_cache",
                "CBIR_DATA": DATA_ROOT, **spec.env}
         cmd = [shutil.which("bwrap"), "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net",
                "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox", "--clearenv"]
         if os.getuid() == 0:
-            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]  # confine.py drops to nobody
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]  # confine.py drops to the sandbox's own user
         else:
             cmd += ["--unshare-user"]
         made: set[str] = set()
@@ -185,7 +193,8 @@ class Sandbox:
                 cmd += ["--symlink", os.readlink(p), top]
             elif p.is_dir():
                 cmd += ["--ro-bind", top, top]
-        cmd += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp"]
+        cmd += ["--dev", "/dev", "--proc", "/proc",
+                "--perms", "1777", "--size", str(self.limits.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
         for root in _python_roots():
             if not str(root).startswith(("/usr/", "/etc/")):
                 mkdirs(str(root))
@@ -201,6 +210,14 @@ class Sandbox:
         cmd += ["--chdir", spec.cwd, "--"]
         return cmd + confine + argv, "/", os.environ.copy()
 
+    def host_command(self, argv: list[str], spec: SandboxSpec, work_dir: Path) -> tuple[list[str], str, dict]:
+        """rlimits mode before confinement: ``argv`` with host paths, ``work_dir`` as cwd, $HOME and $TMPDIR."""
+        home = str(work_dir)
+        env = {**_base_env(), "HOME": home, "TMPDIR": home, "CBIR_CACHE": f"{home}/.cbir_cache",
+               "CBIR_DATA": _unsandbox(DATA_ROOT, spec, work_dir),
+               **{k: _unsandbox(v, spec, work_dir) for k, v in spec.env.items()}}
+        return [_unsandbox(a, spec, work_dir) for a in argv], home, env
+
     def host_path(self, value: str, spec: SandboxSpec, work_dir: Path) -> str:
         """A sandbox path as the confined process sees it (in rlimits mode: the host path)."""
         return value if self.isolated else _unsandbox(value, spec, work_dir)
@@ -210,7 +227,31 @@ class Sandbox:
         cmd, cwd, env = self.command(argv, spec, work_dir)
         if not self.isolated:
             os.chmod(work_dir, 0o700)
-        return subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, **kwargs)
+        group = self.groups.new() if self.groups else []
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
+                                preexec_fn=(lambda: Groups.join(group)) if group else None, **kwargs)
+        proc.cbir_group = group   # kill_group() removes it
+        return proc
+
+    def close(self) -> None:
+        """Remove this run's control groups (and kill anything left in them)."""
+        if self.groups:
+            self.groups.close()
+
+
+_UIDS = itertools.count()
+
+
+def sandbox_uid() -> int:
+    """A user id for one sandbox: its own process budget (RLIMIT_NPROC counts per user, host-wide),
+    different from every other sandbox of this grader and, by the process id, of other graders."""
+    return SANDBOX_UID_BASE + (os.getpid() * 1000 + next(_UIDS)) % 1_000_000
+
+
+def _base_env() -> dict[str, str]:
+    """The environment every confined process starts from (nothing of the grader's own)."""
+    return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
 
 
 def _unsandbox(value: str, spec: SandboxSpec, work_dir: Path) -> str:
@@ -253,3 +294,4 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.kill()
     except ProcessLookupError:
         pass
+    Groups.remove(getattr(proc, "cbir_group", []))

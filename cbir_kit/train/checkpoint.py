@@ -20,8 +20,6 @@ it, and the model spec ``finetuned:PATH`` makes it a feature extractor.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_path
 from ..errors import CbirError
 from .data import held_out_masks
 from .heads import build_head
@@ -103,17 +102,10 @@ def cpu_state(module: nn.Module) -> dict:
 
 
 def save_atomically(path, payload: dict) -> Path:
-    """``torch.save(payload)`` to a temporary file beside ``path``, then renamed into place."""
+    """``torch.save(payload)`` to ``path``, whole or not at all (:mod:`cbir_kit._io`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

@@ -35,7 +35,6 @@ held-out gallery, by
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +44,8 @@ import numpy as np
 from .. import metrics as M
 from ..datasets import Dataset, load
 from ..errors import CbirError
-from ..evaluate import full_ranking_metrics, write_json_atomic
+from .._io import atomic_path, write_json
+from ..evaluate import full_ranking_metrics
 from ..features import OFFLINE_MODEL, FeatureCache, create_extractor
 from ..index import ExactIndex
 from .checkpoint import TrainedHead, save_head
@@ -183,17 +183,11 @@ def save_curve(path, history: dict, best_epoch: int, title: str) -> Path:
     ax2.axvline(best_epoch, color="grey", ls=":", lw=1)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -287,4 +281,4 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
 
 
 def write_result_json(result: TrainResult, path) -> None:
-    write_json_atomic(path, result.to_dict())
+    write_json(path, result.to_dict())
