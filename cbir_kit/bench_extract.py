@@ -223,7 +223,7 @@ def add_bench_extract(bench_sub) -> None:
     p = bench_sub.add_parser("extract", help="naive per-image loop vs cbir_kit's extraction pipeline")
     p.add_argument("--dataset", default="demo", help="dataset spec as in cbir evaluate (default: demo)")
     p.add_argument("--model", default=OFFLINE_MODEL, help=f"model spec (default: {OFFLINE_MODEL})")
-    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the network runs (default: cpu)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

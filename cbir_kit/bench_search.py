@@ -563,7 +563,7 @@ def add_bench_search(bench_sub) -> None:
     p.add_argument("--model", default=OFFLINE_MODEL, help=f"model for those features (default: {OFFLINE_MODEL})")
     p.add_argument("--features", default=None, metavar="PATH",
                    help="a .npy (N, D) feature matrix to use or imitate instead of --dataset/--model")
-    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the network that makes the real features runs (default: cpu)")

@@ -1,16 +1,18 @@
 """The ``cbir`` command.  Each sub-command lives in a function ``add_<name>(subparsers)``.
 
-Errors raised on purpose (:class:`cbir_kit.errors.CbirError`) print as one line and exit 2.
+Errors raised on purpose (:class:`cbir_kit.errors.CbirError`) print as one line and exit 2;
+notices of adjusted input (:class:`cbir_kit.errors.CbirWarning`) print as one line each, once per run.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .bench_extract import add_bench
 from .compare import add_compare
 from .datasets.cli import add_datasets
-from .errors import CbirError
+from .errors import CbirError, CbirWarning
 from .features import OFFLINE_MODEL
 from .grade.cli import add_grade
 from .train.command import add_finetune, add_train
@@ -24,7 +26,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=OFFLINE_MODEL,
                    help=f"efficientnet_lite0, resnet18, resnet50, clip:ARCH:PRETRAINED or finetuned:PATH "
                         f"(from `cbir finetune`; default: {OFFLINE_MODEL})")
-    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the network runs (default: auto = CUDA, else Apple MPS, else CPU)")
@@ -119,6 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line_warnings(command: str):
+    """A ``warnings.showwarning`` that prints a :class:`CbirWarning` as ``cbir COMMAND: warning: ...``.
+
+    Each message is printed once, however many runs (``cbir compare``) raise it; other warnings
+    keep Python's own format.
+    """
+    python_format = warnings.showwarning
+    printed = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CbirWarning):
+            if str(message) not in printed:
+                printed.add(str(message))
+                print(f"cbir {command}: warning: {message}", file=sys.stderr)
+        else:
+            python_format(message, category, filename, lineno, file, line)
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -126,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warnings(args.command)
+            return args.func(args)
     except CbirError as err:
         print(f"cbir {args.command}: error: {err}", file=sys.stderr)
         return 2

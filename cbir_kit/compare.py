@@ -13,7 +13,9 @@ method option (a field of :class:`cbir_kit.retrieval.Methods`, the ``cbir evalua
 
 Values that look like integers, floats or booleans (``true`` / ``false``) are converted.
 All configurations share the dataset, model and feature cache, so features are extracted
-once and the other runs load them (``cache_hit`` in the table says which).
+once and the other runs load them (``cache_hit`` in ``--json`` / ``--report`` says which).
+The printed table fits a 100-column terminal: one row per configuration, a few key columns
+(:func:`cbir_kit.report.key_table`); ``--json`` and ``--report`` hold every metric and timing.
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ import inspect
 
 from .errors import CbirError
 
+# printed under the table of `cbir compare`
+KEY_NOTE = ("recall, F1: macro over queries of the top-k set; ms/query: expansion + search + re-ranking.\n"
+            "Every metric and timing: --json PATH or --report DIR.")
 # evaluate() arguments that belong to the whole comparison, not to one configuration
 SHARED = ("dataset", "model", "k", "root", "cache_dir", "device", "batch_size", "num_workers", "progress", "seed")
 
@@ -117,19 +122,17 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
 
 
 def run_compare(args) -> int:
-    import pandas as pd
-
-    from .report import summary_table, write_report
+    from .evaluate import skip_notice
+    from .report import key_table, summary_table, write_report
 
     results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k, root=args.root,
                       cache_dir=args.cache, device=args.device, batch_size=args.batch_size,
                       num_workers=args.workers, progress=not args.no_progress, seed=args.seed)
-    table = summary_table(results)
     first = results[0]
     print(f"{first.dataset}: {first.n_queries} queries, {first.n_gallery} gallery images, k {first.k}, "
           f"model {first.model}\n")
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    skipped = list(dict.fromkeys(s for r in results for s in r.skipped))  # every run loads the same images
+    print("\n".join(skip_notice(skipped) + [key_table(summary_table(results)), "", KEY_NOTE]))
     from .cli import write_outputs
 
     write_outputs(args, {"runs": [r.to_dict() for r in results]},

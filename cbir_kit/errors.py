@@ -10,3 +10,11 @@ class CbirError(Exception):
 
 class ModelUnavailableError(CbirError):
     """Model weights could not be loaded (usually: no network to download them)."""
+
+
+class CbirWarning(UserWarning):
+    """An input cbir_kit adjusted to carry on; the message names it and what was done.
+
+    For example a k larger than the gallery (clamped), a class of a single image (it cannot be
+    scored), a symbolic link loop in a dataset folder (dropped).  ``cbir`` prints each as one line.
+    """

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ from . import metrics as M
 from ._io import write_json
 from . import revisitop
 from .datasets import Dataset, load
-from .errors import CbirError
+from .errors import CbirError, CbirWarning
 from .features import FeatureCache, OFFLINE_MODEL, create_extractor
 from .features.models import FINETUNED_PREFIX
 from .index import ExactIndex
@@ -56,14 +57,20 @@ class EvalResult:
         """A readable text table of the metrics and timings."""
         lines = [f"dataset  {self.dataset}", f"model    {self.model}",
                  f"queries  {self.n_queries}   gallery {self.n_gallery}   k {self.k}   "
-                 f"cache {'hit' if self.cache.get('hit') else 'miss'}", "", "metric        value"]
-        lines += [f"{name:<13} {value:.4f}" for name, value in self.metrics.items()]
+                 f"cache {'hit' if self.cache.get('hit') else 'miss'}", ""]
+        lines += skip_notice(self.skipped)
+        lines += ["metric        value"] + [f"{name:<13} {value:.4f}" for name, value in self.metrics.items()]
         lines += ["", "timing                  value"]
         lines += [f"{name:<23} {value:.3f}" for name, value in self.timings.items()]
-        if self.skipped:
-            lines += ["", f"skipped {len(self.skipped)} image(s) that could not be loaded:"]
-            lines += [f"  {img}: {reason}" for img, reason in self.skipped]
         return "\n".join(lines)
+
+
+def skip_notice(skipped) -> list[str]:
+    """Lines naming each skipped ``(image, reason)``, then a blank line; none when nothing was skipped."""
+    if not skipped:
+        return []
+    return [f"skipped {len(skipped)} image(s) that could not be loaded:"] + \
+        [f"  {img}: {reason}" for img, reason in skipped] + [""]
 
 
 def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k: int,
@@ -87,6 +94,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
         n_relevant = np.array([len(revisitop.setting_lists(g, "medium")[0]) for g in gnd])
     else:
         n_relevant = ds.n_relevant()
+        warn_unanswerable_queries(ds, n_relevant)
     keep_cols = max(k, 10)
     curve_ks = np.unique(np.r_[np.arange(1, min(depth, 100) + 1), np.geomspace(1, depth, 200).astype(np.int64)])
     thresholds = np.linspace(-1.0, 1.0, 201) if index.metric == "ip" else None
@@ -127,6 +135,37 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
         curves["over_threshold"] = {"threshold": thresholds, **M.set_metrics_curve(
             np.concatenate(t_hits), np.concatenate(t_retrieved), n_relevant)}
     return out, ap, np.concatenate(tops), curves
+
+
+def warn_unanswerable_queries(ds: Dataset, n_relevant: np.ndarray) -> None:
+    """One :class:`CbirWarning` naming the classes whose queries have no relevant gallery item.
+
+    Under leave-one-out that is a class of a single image.  Such a query scores 0 in P@k and
+    is left out of mAP, precision, recall and F1 (there is nothing it could find).
+    """
+    classes = sorted({str(label) for label in ds.query_labels[np.asarray(n_relevant) == 0]})
+    if not classes:
+        return
+    names = ", ".join(classes[:5]) + (f" and {len(classes) - 5} more" if len(classes) > 5 else "")
+    if ds.leave_one_out:
+        what, fix = f"class(es) with a single image: {names}", "add a second image to each or remove them"
+    else:
+        what, fix = f"query class(es) with no gallery image: {names}", "add gallery images of them or drop those queries"
+    warnings.warn(f"{ds.name}: {len(classes)} {what}; their queries score 0 in P@k and are left out of mAP, "
+                  f"precision, recall and F1 ({fix})", CbirWarning, stacklevel=3)
+
+
+def clamp_k(k: int, n_gallery: int, leave_one_out: bool) -> int:
+    """``k`` capped at what one query can retrieve: the gallery, less the query itself under leave-one-out.
+
+    A :class:`CbirWarning` names ``k`` and the gallery size when it caps.
+    """
+    most = n_gallery - (1 if leave_one_out else 0)
+    if k > most >= 1:
+        loo = f", {most} of them retrievable per query under leave-one-out" if leave_one_out else ""
+        warnings.warn(f"k={k} is larger than the gallery ({n_gallery} images{loo}); using k={most}",
+                      CbirWarning, stacklevel=2)
+    return min(k, most)
 
 
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
@@ -187,7 +226,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     index = ExactIndex("ip").fit(gallery)
     index_build_s = time.perf_counter() - t0
 
-    k_eff = min(k, index.ntotal - (1 if ds.leave_one_out else 0))
+    k_eff = clamp_k(k, index.ntotal, ds.leave_one_out)
     t0 = time.perf_counter()
     index.search(queries, k_eff + (1 if ds.leave_one_out else 0))
     search_s = time.perf_counter() - t0

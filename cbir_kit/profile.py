@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .datasets import Dataset, DatasetError, load
+from .datasets.base import default_root
 from .features import FeatureCache, OFFLINE_MODEL, create_extractor
 
 ENV = "CBIR_PROFILE"
@@ -91,18 +92,69 @@ def cap_per_class(ds: Dataset, per_class: int | None, seed: int = 0) -> Dataset:
     return out
 
 
+class MissingData(DatasetError):
+    """Datasets a notebook needs are not there: Jupyter shows this one sentence, not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:   # IPython's hook for an exception's display
+        return [f"MissingData: {self}"]
+
+
+STAND_INS: dict[str, str] = {}   # role -> the offline dataset a notebook uses instead (require(fallback=True))
+
+
+def require(*roles: str, profile: Profile | None = None, root=None, fallback: bool = False) -> dict[str, str]:
+    """Check, at the top of a notebook, that the datasets playing ``roles`` are there; return ``role -> spec``.
+
+    A missing dataset that can be fetched without a hand step is fetched (``cbir datasets fetch``);
+    one that is still missing stops the notebook with one sentence naming it, the command that fetches
+    it and the offline path (``CBIR_PROFILE=ci``).  With ``fallback`` (notebook 00, where a student
+    learns to fetch) nothing is downloaded: the offline stand-in of the ``ci`` profile plays a missing
+    role instead, and it says so.
+    """
+    from .datasets import FETCHERS, fetch
+
+    profile = profile or get_profile()
+    used, missing = {}, []
+    for role in roles:
+        spec = profile.datasets[role]
+        STAND_INS.pop(role, None)
+        try:
+            load(spec, root=root)
+        except DatasetError:
+            try:
+                if fallback or spec not in FETCHERS:   # notebook 00 shows how to fetch; it does not start to
+                    raise DatasetError(f"{spec} is not fetched here")
+                fetch(spec, root=root, progress=True)
+                load(spec, root=root)
+            except DatasetError:
+                if not fallback:
+                    missing.append(spec)
+                    continue
+                spec = STAND_INS[role] = PROFILES["ci"].datasets[role]
+                print(f"{role}: {profile.datasets[role]} is not in {default_root(root)} yet; "
+                      f"using the offline {spec} until you fetch it")
+        used[role] = spec
+    if missing:
+        raise MissingData(f"this notebook needs {', '.join(missing)}, which {default_root(root)} does not have: "
+                          f"fetch with `cbir datasets fetch {missing[0]}` (datasets/README.md says how for each), "
+                          f"or run the course offline with {ENV}=ci")
+    print("datasets:", ", ".join(f"{role} = {spec}" for role, spec in used.items()))
+    return used
+
+
 def load_dataset(role: str, profile: Profile | None = None, root=None) -> Dataset:
-    """The dataset that plays ``role`` under ``profile``, with clear advice when it is absent."""
+    """The dataset that plays ``role`` under ``profile`` (or its stand-in, :func:`require`), with clear
+    advice when it is absent."""
     profile = profile or get_profile()
     if role not in profile.datasets:
         raise DatasetError(f"unknown dataset role {role!r}; use one of {', '.join(profile.datasets)}")
-    spec = profile.datasets[role]
+    spec = STAND_INS.get(role, profile.datasets[role])
     try:
         ds = load(spec, root=root)
     except DatasetError as err:
-        raise DatasetError(
+        raise MissingData(
             f"the {profile.name} profile uses {spec!r} for {role!r} but it could not be loaded: {err} "
-            f"Fetch it as datasets/README.md describes (into $CBIR_DATA, else ./datasets), or run the "
+            f"Fetch it as datasets/README.md describes (into {default_root()}), or run the "
             f"course offline on the embedded demo data with {ENV}=ci.") from None
     return cap_per_class(ds, profile.per_class)
 

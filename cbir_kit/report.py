@@ -1,6 +1,7 @@
 """Tables (pandas) and the Markdown report of one or more evaluations.
 
 * :func:`summary_table`: one row per method, quality and speed side by side.
+* :func:`key_table`: its key columns as text that fits a terminal (what ``cbir compare`` prints).
 * :func:`revisitop_table`: mAP and mP@k per revisitop setting (x100).
 * :func:`write_report`: ``report.md`` with the tables and PNG plots from :mod:`cbir_kit.viz`
   (precision-recall, mAP and latency per method, recall against latency when ANN/hash
@@ -25,6 +26,8 @@ from .errors import CbirError
 
 QUALITY = ("mAP", "P@1", "P@5", "P@10", "R@10", "precision", "recall", "f1")
 SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "query_ms_per_query", "total_s")
+# summary_table column -> its heading in key_table
+KEY_COLUMNS = {"mAP": "mAP", "P@10": "P@10", "recall": "recall", "f1": "F1", "query_ms_per_query": "ms/query"}
 
 
 def _labels(results, labels):
@@ -49,6 +52,24 @@ def summary_table(results, labels: Sequence[str] | None = None) -> pd.DataFrame:
         row["cache_hit"] = bool(result.cache.get("hit"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def key_table(table: pd.DataFrame, width: int = 100, cell: int = 10) -> str:
+    """The :data:`KEY_COLUMNS` of ``table`` (from :func:`summary_table`) as text at most ``width`` wide.
+
+    One line per method; a method name longer than the room left is cut with "...".
+    """
+    from .viz import shorten
+
+    columns = [c for c in KEY_COLUMNS if c in table.columns]
+    label = table.index.name or "method"
+    room = width - cell * len(columns)
+    label_width = min(max(len(label), *(len(str(name)) for name in table.index)), room)
+    lines = [label.ljust(label_width) + "".join(KEY_COLUMNS[c].rjust(cell) for c in columns)]
+    for name, row in table[columns].iterrows():
+        values = "".join(("-" if pd.isna(v) else f"{v:.4f}").rjust(cell) for v in row)
+        lines.append(shorten(str(name), label_width).ljust(label_width) + values)
+    return "\n".join(lines)
 
 
 def revisitop_table(results, labels: Sequence[str] | None = None) -> pd.DataFrame | None:

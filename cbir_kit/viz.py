@@ -13,6 +13,7 @@ report (:mod:`cbir_kit.report`) saves these same figures as PNG files.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import matplotlib.pyplot as plt  # the backend is the caller's: inline in notebooks, Agg when headless
@@ -25,6 +26,39 @@ from .images import ImageLoadError, open_image
 
 RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
 MARKERS = ("o", "s", "^", "D", "v")
+
+# table columns (cbir_kit.report.summary_table) in words, with their units
+COLUMN_WORDS = {
+    "mAP": "mAP (mean average precision)",
+    "precision": "precision of the top-k set (macro)",
+    "recall": "recall of the top-k set (macro)",
+    "f1": "F1 of the top-k set (macro)",
+    "query_ms_per_query": "query time (ms per query)",  # expansion + search + re-ranking
+    "search_ms_per_query": "search time (ms per query)",
+    "extract_s": "feature extraction time (s)",
+    "images_per_s": "extraction speed (images per s)",
+    "index_build_s": "index build time (s)",
+    "total_s": "total time (s)",
+}
+UNIT_SUFFIXES = (("_ms_per_query", "ms per query"), ("_ms", "ms"), ("_s", "s"))
+
+
+def column_words(column: str) -> str:
+    """A table column's name in words with its unit, for plot labels: ``extract_s`` -> ``feature extraction time (s)``."""
+    if column in COLUMN_WORDS:
+        return COLUMN_WORDS[column]
+    vs_exact = re.fullmatch(r"recall@(\d+)_vs_exact", column)
+    if vs_exact:
+        return f"share of the exact top-{vs_exact[1]} found"
+    for suffix, unit in UNIT_SUFFIXES:
+        if column.endswith(suffix):
+            return f"{column[:-len(suffix)].replace('_', ' ')} ({unit})"
+    return column.replace("_", " ")
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` characters, ending in "..." when cut."""
+    return text if len(text) <= width else text[:max(width - 3, 0)] + "..."
 
 
 def _as_list(results) -> list:
@@ -82,11 +116,11 @@ def plot_methods(frame, quality: str = "mAP", latency: str = "query_ms_per_query
         bars = ax.bar(range(len(names)), values, color=colour)
         ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=9, padding=2)
         ax.set_xticks(range(len(names)), names, rotation=20 if len(names) > 2 else 0, ha="right" if len(names) > 2 else "center")
-        ax.set_title(column)
+        ax.set_ylabel(column_words(column))
         ax.set_ylim(0, max(np.nanmax(values) * 1.18, 1e-9))
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(quality)
-    axes[1].set_ylabel("milliseconds per query" if latency.endswith("ms_per_query") else latency)
+    axes[0].set_title("quality (higher is better)")
+    axes[1].set_title("speed (lower is better)")
     return fig
 
 
@@ -103,12 +137,12 @@ def plot_recall_vs_latency(frame, recall: str = "recall@10_vs_exact", latency: s
     for i, (name, xi, yi) in enumerate(zip(frame.index, x, y)):
         ax.scatter(xi, yi, s=60, color=colours[i % len(colours)], zorder=3, label=f"{name} ({yi:.3f}, {xi:.3g} ms)")
     ax.set_xscale("log")
-    ax.set(xlabel=f"{latency} (log scale, lower is better)", ylabel=f"{recall} (higher is better)",
-           title=f"{recall} against latency")
+    ax.set(xlabel=f"{column_words(latency)}, log scale (lower is better)",
+           ylabel=f"{column_words(recall)} (higher is better)", title="What speed costs: recall against query time")
     ax.set_ylim(min(0.8, float(np.nanmin(y)) - 0.02), 1.01)
     ax.margins(x=0.3)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="method (recall, latency)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="method (recall, ms per query)")
     return fig
 
 
@@ -202,8 +236,9 @@ def pick_queries(per_query_ap: np.ndarray, n_best: int, n_worst: int) -> tuple[l
 def plot_query_grid(result, n_best: int = 3, n_worst: int = 3, k: int = 5, thumb: int = 160) -> Figure:
     """The best and worst queries by AP: the query, then its top-k with coloured borders.
 
-    Green = relevant, red = not relevant (grey = junk on revisitop sets).  Needs a result
-    from :func:`~cbir_kit.evaluate.evaluate` (it carries the dataset and the rankings).
+    The query is titled with its class and AP, each result with its rank and class.  Green =
+    relevant, red = not relevant (grey = junk on revisitop sets).  Needs a result from
+    :func:`~cbir_kit.evaluate.evaluate` (it carries the dataset and the rankings).
     """
     if getattr(result, "ds", None) is None or result.ranked_ids is None or result.per_query_ap is None:
         raise CbirError("plot_query_grid needs an EvalResult from evaluate() (dataset, rankings and per-query AP)")
@@ -215,12 +250,13 @@ def plot_query_grid(result, n_best: int = 3, n_worst: int = 3, k: int = 5, thumb
     ds = result.ds
     for row, (q, kind) in enumerate(rows):
         ids = result.ranked_ids[q, :k]
-        _show(axes[row, 0], ds.query[q], QUERY, f"{kind} #{q}\nAP {result.per_query_ap[q]:.2f}", thumb)
+        _show(axes[row, 0], ds.query[q], QUERY,
+              f"query: {shorten(str(ds.query_labels[q]), 16)}\n{kind}, AP {result.per_query_ap[q]:.2f}", thumb)
         for col, (gid, colour) in enumerate(zip(ids, relevance_colours(result, q, ids)), start=1):
             if gid < 0:
                 axes[row, col].axis("off")
                 continue
-            _show(axes[row, col], ds.gallery[gid], colour, f"rank {col}", thumb)
+            _show(axes[row, col], ds.gallery[gid], colour, f"rank {col}: {shorten(str(ds.gallery_labels[gid]), 16)}", thumb)
     fig.suptitle(f"{ds.name}: best and worst queries (blue = query, green = relevant, red = not relevant)",
                  fontsize=10)
     return fig

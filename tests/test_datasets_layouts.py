@@ -9,6 +9,7 @@ from PIL import Image
 
 from cbir_kit.cli import main
 from cbir_kit.datasets import DatasetError, load
+from cbir_kit.errors import CbirWarning
 
 
 def _img(path, color=(200, 30, 30), size=(24, 24), mode="RGB"):
@@ -149,3 +150,23 @@ def test_bad_files_are_reported_and_skipped_end_to_end(tmp_path, capsys):
     assert skipped[str(data / "red" / "truncated.jpg")]
     assert "skipped 2 image(s)" in printed and "notes.jpg" in printed and "truncated.jpg" in printed
     assert result["n_gallery"] == 7 and result["n_queries"] == 7  # the CMYK, 1x1 and RGBA files embedded
+
+
+def test_symlink_loops_in_a_folder_dataset_are_dropped_with_a_warning_naming_each(tmp_path):
+    data, extra = tmp_path / "data", tmp_path / "extra"
+    for path in (data / "red" / "0.png", data / "red" / "1.png", data / "blue" / "0.png", extra / "x.png"):
+        _img(path)
+    loops = [data / "red" / "again", data / "mirror", data / "blue" / "a.jpg", data / "blue" / "b.jpg"]
+    loops[0].symlink_to(data)  # a sub-folder link back to the top
+    loops[1].symlink_to(data)  # a class folder that is the dataset itself
+    loops[2].symlink_to(loops[3])  # two image links pointing at each other
+    loops[3].symlink_to(loops[2])
+    (data / "blue" / "more").symlink_to(extra)  # an ordinary link to a folder: followed
+    with pytest.warns(CbirWarning) as caught:
+        ds = load(f"folder:{data}")
+    messages = [str(w.message) for w in caught]
+    for link in loops:
+        assert any(m.startswith(f"skipping the symbolic link {link}: it loops back to") for m in messages), link
+    assert ds.class_names == ["blue", "red"]
+    assert ds.gallery == [str(data / "blue" / "0.png"), str(data / "blue" / "more" / "x.png"),
+                          str(data / "red" / "0.png"), str(data / "red" / "1.png")]

@@ -7,6 +7,7 @@ import pytest
 from cbir_kit import metrics as M
 from cbir_kit import revisitop as RV
 from cbir_kit.datasets import Dataset
+from cbir_kit.errors import CbirWarning
 from cbir_kit.evaluate import evaluate
 from cbir_kit.index.exact import numpy_search
 
@@ -59,3 +60,34 @@ def test_evaluate_curves_match_metrics(demo_features):
     # faiss and numpy scores may differ in the last float bits; compare away from ties
     assert np.mean(np.abs(over_t["f1"] - ref_t["f1"]) < 1e-6) > 0.95
     assert "mAP_easy" not in result.metrics
+
+
+def test_a_single_image_class_and_a_k_beyond_the_gallery_are_named_in_warnings(demo_features):
+    _, _, ds = demo_features
+    labels = ds.gallery_labels.copy()
+    labels[0] = "lonely"  # the same images (cached features), one of them now a class of its own
+    loo = Dataset(name="demo-loo", query=ds.gallery, gallery=ds.gallery, query_labels=labels,
+                  gallery_labels=labels, leave_one_out=True)
+    with pytest.warns(CbirWarning) as caught:
+        result = evaluate(loo, k=1000, progress=False)
+    messages = [str(w.message) for w in caught]
+    n = ds.n_gallery
+    assert f"k=1000 is larger than the gallery ({n} images, {n - 1} of them retrievable per query " \
+           f"under leave-one-out); using k={n - 1}" in messages
+    assert any("demo-loo: 1 class(es) with a single image: lonely;" in m for m in messages)
+    assert result.k == n - 1 and np.isnan(result.per_query_ap[0])
+
+    query_labels = ds.query_labels.copy()
+    query_labels[:2] = "unseen"
+    qg = Dataset(name="demo-qg", query=ds.query, gallery=ds.gallery, query_labels=query_labels,
+                 gallery_labels=ds.gallery_labels)
+    with pytest.warns(CbirWarning, match="demo-qg: 1 query class\\(es\\) with no gallery image: unseen;"):
+        evaluate(qg, k=5, progress=False)
+
+
+def test_no_warning_when_nothing_is_adjusted(demo_features):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CbirWarning)
+        evaluate("demo", k=10, progress=False)

@@ -152,3 +152,28 @@ def test_every_misconception_key_is_in_the_catalogue():
     raised_by_the_grader = {"library-call", "tampering", "not-plain-result"}   # hidden.without() and grade/guard.py
     unused = set(catalogue) - used - raised_by_the_grader
     assert not unused, f"catalogue entries no hidden test names: {sorted(unused)}"
+
+
+@pytest.mark.slow
+def test_notebook_00_runs_to_the_end_on_a_fresh_machine_without_a_profile(tmp_path, monkeypatch):
+    # no CBIR_PROFILE (the real datasets), an empty data root, no network: the datasets not fetched yet
+    # stand in offline, and the notebook says so
+    monkeypatch.delenv("CBIR_PROFILE", raising=False)
+    monkeypatch.setenv("CBIR_DATA", str(tmp_path / "data"))
+    nb = execute(nbformat.read(REPO / "notebooks" / "00_setup_and_datasets.ipynb", as_version=4), allow_errors=True)
+    failed = [i for i, cell in enumerate(nb.cells) if cell_failed(cell)]
+    assert not failed, [nb.cells[i].outputs for i in failed]
+    first = "".join(o.get("text", "") for o in next(c for c in nb.cells if c.cell_type == "code").outputs)
+    assert "using the offline digits until you fetch it" in first and "corel1k" in first
+
+
+def test_a_notebook_whose_data_is_missing_stops_with_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.delenv("CBIR_PROFILE", raising=False)
+    monkeypatch.setenv("CBIR_DATA", str(tmp_path / "data"))
+    nb = nbformat.read(REPO / "notebooks" / "02_search.ipynb", as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    nb.cells = [first]
+    error = [o for o in execute(nb, allow_errors=True).cells[0].outputs if o.get("output_type") == "error"]
+    assert error and error[0]["ename"] == "MissingData", error
+    assert len(error[0]["traceback"]) == 1 and "cbir datasets fetch corel1k" in error[0]["traceback"][0]
+    assert "CBIR_PROFILE=ci" in error[0]["traceback"][0]

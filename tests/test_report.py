@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import matplotlib
 import numpy as np
@@ -125,10 +126,74 @@ def test_compare_runs_each_config_and_reports(demo_features, tmp_path):
 def test_cli_compare_prints_one_table(demo_features, tmp_path, capsys):
     assert main(["compare", "--no-progress", "--configs", "exact", "--k", "5", "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
-    assert "mAP" in out and "search_ms_per_query" in out
+    assert "mAP" in out and "ms/query" in out
     assert json.loads((tmp_path / "c.json").read_text())["runs"][0]["config"]["label"] == "exact"
     assert main(["compare", "--configs", "bogus=1"]) == 2
     assert "unknown key 'bogus'" in capsys.readouterr().err
+
+
+TEN_CONFIGS = ["exact", "index=HNSW32", "index=IVF8,Flat,nprobe=8", "index=IVF8,Flat,nprobe=2",
+               "hash=itq:16,shortlist=20", "hash=lsh:16,shortlist=20", "rerank=kreciprocal", "qe=aqe:5", "dba=3",
+               "threshold=static,calibration_fraction=0.4,index=IVF8,Flat,nprobe=3"]
+
+
+def test_cli_compare_of_ten_configurations_fits_100_columns_and_warns_once(demo_features, capsys, one_faiss_thread):
+    assert main(["compare", "--no-progress", "--k", "500", "--configs", *TEN_CONFIGS]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert lines[header].split() == ["method", "mAP", "P@10", "recall", "F1", "ms/query"]  # configurations are rows
+    assert [line.split()[0] for line in lines[header + 1:header + 10]] == TEN_CONFIGS[:9]
+    assert lines[header + 10].startswith("threshold=static,") and lines[header + 10].split()[0].endswith("...")
+    n_gallery = demo_features[2].n_gallery
+    warning = f"cbir compare: warning: k=500 is larger than the gallery ({n_gallery} images); using k={n_gallery}"
+    assert captured.err.count(warning) == 1  # once, not once per configuration
+
+
+def test_cli_compare_names_skipped_images_before_the_table(tmp_path, capsys):
+    for cls, colour in (("red", (200, 30, 30)), ("green", (30, 200, 30))):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            matplotlib.pyplot.imsave(tmp_path / cls / f"{i}.png", np.full((24, 24, 3), colour, np.uint8))
+    (tmp_path / "red" / "notes.jpg").write_text("not a picture")
+    assert main(["compare", "--no-progress", "--device", "cpu", "--dataset", f"folder:{tmp_path}",
+                 "--configs", "exact", "dba=1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped 1 image(s)") == 1 and out.count("notes.jpg") == 1
+    assert out.index("notes.jpg") < out.index("method ")
+
+
+def _plot_texts(fig) -> list[str]:
+    return [text for ax in fig.axes for text in (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) if text]
+
+
+def test_plot_labels_are_words_with_units_not_column_keys(demo_features):
+    results = compare(["exact", "index=HNSW32"], dataset="demo", k=5, progress=False)
+    table = report.summary_table(results)
+    figs = [viz.plot_methods(table), viz.plot_pr_curve(results),
+            viz.plot_recall_vs_latency(report._ann_or_hash_rows(results, table), recall="recall@5_vs_exact"),
+            viz.plot_f1_vs_threshold({"static": results[0].curves["over_threshold"]})]
+    texts = [text for fig in figs for text in _plot_texts(fig)]
+    for fig in figs:
+        matplotlib.pyplot.close(fig)
+    assert not [t for t in texts if re.search(r"\w_\w", t)]  # no query_ms_per_query, recall@5_vs_exact ...
+    assert "query time (ms per query)" in texts
+    assert viz.column_words("recall@5_vs_exact") == "share of the exact top-5 found"
+    assert viz.column_words("kreciprocal_s") == "kreciprocal (s)"
+
+
+def test_query_grid_titles_name_the_class_of_the_query_and_the_rank_and_class_of_each_result(demo_result):
+    k = 3
+    fig = viz.plot_query_grid(demo_result, n_best=1, n_worst=1, k=k)
+    titles = [ax.get_title() for ax in fig.axes]
+    matplotlib.pyplot.close(fig)
+    ds = demo_result.ds
+    best, worst = viz.pick_queries(demo_result.per_query_ap, 1, 1)
+    for row, (q, kind) in enumerate([(best[0], "best"), (worst[0], "worst")]):
+        assert titles[row * (k + 1)] == f"query: {ds.query_labels[q]}\n{kind}, AP {demo_result.per_query_ap[q]:.2f}"
+        for rank, gid in enumerate(demo_result.ranked_ids[q, :k], start=1):
+            assert titles[row * (k + 1) + rank] == f"rank {rank}: {ds.gallery_labels[gid]}"
 
 
 def test_hash_project_table_worked_example():

@@ -27,6 +27,7 @@ from cbir_kit.datasets import Dataset, load
 from cbir_kit.errors import CbirError
 from cbir_kit.evaluate import evaluate
 from cbir_kit.features import FeatureCache, create_extractor
+from cbir_kit.features.cache import ChunkPolicy
 from cbir_kit.features.extractor import Extractor, split_preprocess
 from cbir_kit.features.models import Backbone, imagenet_preprocess
 from cbir_kit.images import ImageLoadError, open_image
@@ -71,8 +72,8 @@ def _files(folder: Path) -> list[str]:
 
 
 def _stray(cache: Path) -> list[str]:
-    """Anything in a cache folder besides finished entries (KEY.npy, KEY.json, KEY.lock)."""
-    return [f for f in _files(cache) if not f.endswith((".npy", ".json", ".lock")) or "/" in f or f.startswith(".")]
+    """Anything in a cache folder besides finished entries (KEY.npy, KEY.json): no lock, no partial entry."""
+    return [f for f in _files(cache) if not f.endswith((".npy", ".json")) or "/" in f or f.startswith(".")]
 
 
 # ---------------------------------------------------------------- resumable, verified cache
@@ -89,7 +90,8 @@ def test_interrupted_extraction_resumes_from_last_chunk_bit_identical(tmp_path):
         cache.get_or_extract(TinyExtractor(), refs, False)
     partial = next((tmp_path / "resumed").glob("*.partial"))
     manifest = json.loads((partial / "manifest.json").read_text())
-    assert sorted(manifest["chunks"]) == ["0", "1"]  # images 0-7 committed, chunk 2 lost
+    assert [(c["start"], c["stop"]) for c in manifest["chunks"]] == [(0, 4), (4, 8)]  # images 8-9 lost
+    assert not list((tmp_path / "resumed").glob("*.lock"))
 
     armed["on"] = False
     calls = []
@@ -111,12 +113,12 @@ def test_corrupt_chunk_is_discarded_with_a_warning_and_recomputed(tmp_path):
     cache = FeatureCache(tmp_path, chunk_size=2)
     with pytest.raises(RuntimeError):
         cache.get_or_extract(TinyExtractor(), refs, False)
-    chunk = next(tmp_path.glob("*.partial")) / "chunk-000001.npy"
+    chunk = next(tmp_path.glob("*.partial")) / "chunk-000000002.npy"
     raw = bytearray(chunk.read_bytes())
     raw[-3] ^= 0xFF
     chunk.write_bytes(bytes(raw))
     armed["on"] = False
-    with pytest.warns(UserWarning, match="chunk-000001.npy is corrupt .*checksum"):
+    with pytest.warns(UserWarning, match="chunk-000000002.npy is corrupt .*checksum"):
         feats, _ = cache.get_or_extract(TinyExtractor(), refs, False)
     clean, _ = FeatureCache(tmp_path / "clean", chunk_size=2).get_or_extract(TinyExtractor(), refs, False)
     assert np.array_equal(feats.vectors, clean.vectors)
@@ -172,6 +174,99 @@ def test_chunk_size_is_validated(monkeypatch):
         FeatureCache()
     with pytest.raises(CbirError, match="chunk size"):
         FeatureCache(chunk_size=0)
+    monkeypatch.delenv("CBIR_CHUNK_SIZE")
+    with pytest.raises(CbirError, match="chunk_seconds"):
+        FeatureCache(chunk_seconds=0)
+
+
+def test_chunks_are_sized_by_seconds_of_work_within_bounds():
+    policy = ChunkPolicy(seconds=5.0, min_rows=16, max_rows=8192)
+    assert not policy.full(499, 0.01) and policy.full(500, 0.01)  # 100 images/s: 500 images = 5 s
+    assert not policy.full(15, 1.0) and policy.full(16, 1.0)  # a slow model: at least 16 images
+    assert not policy.full(8191, 1e-5) and policy.full(8192, 1e-5)  # a fast GPU: at most 8192 images
+    fixed = ChunkPolicy.fixed(4)
+    assert not fixed.full(3, 10.0) and fixed.full(4, 0.0)
+
+
+class SlowExtractor(TinyExtractor):
+    """TinyExtractor taking ``seconds`` per batch; ``extracted`` counts the images it embedded."""
+
+    def __init__(self, seconds: float = 0.01):
+        super().__init__()
+        self.seconds, self.extracted = seconds, 0
+
+    def embed_batch(self, batch):
+        time.sleep(self.seconds)
+        self.extracted += len(batch)
+        return super().embed_batch(batch)
+
+
+def _interrupt_after(extractor: Extractor, n_images: int) -> None:
+    """Make ``extractor.stream`` raise KeyboardInterrupt (a Ctrl-C) once ``n_images`` images were yielded."""
+    stream = extractor.stream
+
+    def interrupted(images, ranges, bar=None):
+        for batch in stream(images, ranges, bar):
+            yield batch
+            if batch.stop >= n_images:
+                raise KeyboardInterrupt
+
+    extractor.stream = interrupted
+
+
+def test_ctrl_c_in_a_small_gallery_keeps_finished_chunks_for_the_rerun(tmp_path):
+    imgs = _pictures(40)
+    clean, _ = FeatureCache(tmp_path / "clean").get_or_extract(TinyExtractor(), imgs, False)
+    assert _stray(tmp_path / "clean") == []  # a clean run leaves no lock and no partial entry
+
+    cache = FeatureCache(tmp_path / "cache", chunk_seconds=0.01)  # a chunk per 16 images (the minimum)
+    first = SlowExtractor()
+    _interrupt_after(first, 36)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_extract(first, imgs, False)
+    partial, = (tmp_path / "cache").glob("*.partial")
+    manifest = json.loads((partial / "manifest.json").read_text())
+    assert [(c["start"], c["stop"]) for c in manifest["chunks"]] == [(0, 16), (16, 32)]
+    assert not list((tmp_path / "cache").glob("*.lock"))
+
+    again = SlowExtractor()
+    feats, hit = cache.get_or_extract(again, imgs, False)
+    assert not hit and again.extracted == 8  # only images 32-39
+    assert np.array_equal(feats.vectors, clean.vectors)  # bit-identical to the uninterrupted run
+    assert _stray(tmp_path / "cache") == []
+
+
+def test_the_lock_excludes_others_although_each_holder_removes_its_file(tmp_path):
+    import threading
+
+    cache, inside, most = FeatureCache(tmp_path), [0], [0]
+
+    def work():
+        for _ in range(10):
+            with cache.lock("key"):
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+                time.sleep(0.002)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and _files(tmp_path) == []
+
+
+def test_ctrl_c_before_the_first_chunk_leaves_no_partial_entry_and_no_lock(tmp_path):
+    class Downloading(TinyExtractor):
+        @property
+        def dim(self):  # the network is built (its weights downloaded) on first use
+            raise KeyboardInterrupt
+
+    cache = FeatureCache(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_extract(Downloading(), _pictures(3), False)
+    assert _files(tmp_path) == []
 
 
 def _class_folder(root: Path, n_per_class: int = 16, classes=("red", "green", "blue", "grey")) -> Path:
@@ -242,6 +337,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_features_and_metr
 _EXTRACT_SCRIPT = """
 import sys, numpy as np
 from cbir_kit.features import FeatureCache, create_extractor
+from cbir_kit.features.cache import ChunkPolicy
 paths = sys.argv[3:]
 feats, hit = FeatureCache(sys.argv[1], chunk_size=4).get_or_extract(
     create_extractor(device="cpu", batch_size=4), paths, progress=False)

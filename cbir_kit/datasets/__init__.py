@@ -5,8 +5,9 @@ class, leave-one-out; a folder holding ``query/`` and ``gallery/`` is read as th
 query/gallery layout, detected automatically), ``qg:PATH`` (the query/gallery layout,
 explicitly) or ``csv:PATH`` (a ``split,path,label`` manifest).
 
-Registered datasets live under the data root (``root``, else ``$CBIR_DATA``, else
-``./datasets``); :func:`fetch` downloads or builds one there (:data:`FETCHERS`).
+Registered datasets live under the data root (``root``, else ``$CBIR_DATA``, else the checkout's
+``datasets/``, else the user's data folder: :func:`~cbir_kit.datasets.base.default_root`);
+:func:`fetch` downloads or builds one there (:data:`FETCHERS`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .animals10 import fetch_animals10, load_animals10
-from .base import Dataset, DatasetError, default_root
+from .base import Dataset, DatasetError, default_root, writable
 from .cifar100 import fetch_cifar100, load_cifar100
 from .corel1k import fetch_corel1k, load_corel1k
 from .demo import build, load_demo, load_digits
@@ -56,6 +57,7 @@ def fetch(name: str, root=None, progress: bool = True) -> Path:
     """Download, build or check the registered dataset ``name`` under the data root."""
     if name not in FETCHERS:
         raise DatasetError(f"nothing to fetch for {name!r}; fetchable datasets: {', '.join(sorted(FETCHERS))}")
+    writable(default_root(root))
     return FETCHERS[name](root=root, progress=progress)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,45 @@ class DatasetError(CbirError):
     """A dataset could not be loaded; the message names the file or argument and the fix."""
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]   # the repository, when cbir_kit runs from a clone
+
+
 def default_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root`` if given, else ``$CBIR_DATA``, else ``./datasets``."""
+    """The data root, the same from any current folder (a notebook in ``notebooks/``, the CLI anywhere).
+
+    ``root`` if given, else ``$CBIR_DATA``, else the repository's ``datasets/`` when cbir_kit runs from
+    a clone (an editable install), else the user's data folder: ``$XDG_DATA_HOME/cbir_kit/datasets``
+    (``~/.local/share``; ``%LOCALAPPDATA%`` on Windows, ``~/Library/Application Support`` on macOS).
+    """
     if root is not None:
         return Path(root)
-    return Path(os.environ.get("CBIR_DATA", "datasets"))
+    if os.environ.get("CBIR_DATA"):
+        return Path(os.environ["CBIR_DATA"])
+    if (CHECKOUT / "datasets" / "README.md").is_file() and (CHECKOUT / "pyproject.toml").is_file():
+        return CHECKOUT / "datasets"
+    return user_data_dir() / "datasets"
+
+
+def writable(folder: Path) -> Path:
+    """``folder``, made if needed; a :class:`DatasetError` naming it and the fix when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise DatasetError(f"cannot write to the data folder {folder} ({err.strerror}); point --root or $CBIR_DATA "
+                           "at a folder you can write to") from None
+    return folder
+
+
+def user_data_dir() -> Path:
+    """Where cbir_kit keeps data for this user when there is no checkout (see :func:`default_root`)."""
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "cbir_kit"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "cbir_kit"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "cbir_kit"
 
 
 @dataclass

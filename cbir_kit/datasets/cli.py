@@ -74,7 +74,7 @@ def add_datasets(sub) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def common(q):
-        q.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+        q.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
 
     q = actions.add_parser("list", help="registered datasets and whether they are on disk")
     common(q)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from .base import Dataset, default_root
+from .base import Dataset, default_root, writable
 from .manifest import load_csv, write_manifest
 
 # Real photographs shipped in scikit-image's wheel (no download needed).
@@ -130,8 +130,7 @@ def build(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> Pa
     stamp = folder / f".built-v{DEMO_VERSION}"
     if stamp.exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=writable(folder.parent)))
     try:
         BUILDERS[name](tmp, seed)
         (tmp / stamp.name).write_text("complete\n")

@@ -16,12 +16,15 @@ folder (``query/...`` or ``gallery/...``) -- and otherwise from class sub-folder
 from __future__ import annotations
 
 import csv
+import errno
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .._io import atomic_path
+from ..errors import CbirWarning
 from .base import IMAGE_EXTENSIONS, Dataset, DatasetError
 
 REQUIRED_COLUMNS = ("split", "path", "label")
@@ -89,15 +92,58 @@ def _from_rows(rows: list[dict], path: Path, name: str | None) -> Dataset:
     )
 
 
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _link_loop(path: Path, above: list[str]) -> bool:
+    """Whether ``path`` is a symbolic link loop, warned about (:class:`CbirWarning`) when it is.
+
+    A loop is a link that resolves to nothing but links (ELOOP), or to one of the folders
+    ``above`` (the real paths of the folders being scanned, from the top down) or an ancestor
+    of one: following it would scan the same images again, without end.
+    """
+    if not path.is_symlink():
+        return False
+    try:
+        target = os.path.realpath(path, strict=True)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            return False
+        target = "itself"
+    else:
+        inside = target.rstrip(os.sep) + os.sep
+        if not any(folder == target or folder.startswith(inside) for folder in above):
+            return False
+    warnings.warn(f"skipping the symbolic link {path}: it loops back to {target}; remove it or point it "
+                  "elsewhere", CbirWarning, stacklevel=3)
+    return True
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive, by extension, sorted for determinism)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    """Image files under ``folder``, sorted for determinism.
+
+    Sub-folders are searched too, links to folders followed; a link loop is skipped with a
+    warning (:func:`_link_loop`).
+    """
+    found = []
+    above = {str(folder): [os.path.realpath(folder)]}  # folder -> real paths from the top down to it
+    for here, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not _link_loop(Path(here, d), above[here])]
+        for d in dirs:
+            above[os.path.join(here, d)] = above[here] + [os.path.realpath(os.path.join(here, d))]
+        for name in files:
+            file = Path(here, name)
+            if _is_image(file) and not _link_loop(file, []) and file.is_file():
+                found.append(file)
+    return sorted(found)
 
 
 def _class_folders(path: Path) -> tuple[list[Path], list[str], list[str]]:
     """Class sub-folders of ``path`` with their images and labels; an empty class is an error."""
-    classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    top = [os.path.realpath(path)]
+    classes = sorted(d for d in path.iterdir()
+                     if not d.name.startswith(".") and not _link_loop(d, top) and d.is_dir())
     if not classes:
         raise DatasetError(f"folder {path} has no class sub-folders; put each class's images in its own sub-folder")
     images, labels = [], []

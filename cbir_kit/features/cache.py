@@ -7,36 +7,44 @@ image in order).  A complete entry is two files in the cache folder:
 ``KEY.json``  ``n``, ``dim``, ``n_bytes`` (size of ``KEY.npy``), ``checksum`` (blake2b of the
               vectors' bytes, row-major), ``failures`` and the identity.
 
-While features are being extracted they are committed in chunks of ``chunk_size`` images to
-``KEY.partial/``: ``chunk-000000.npy`` ... plus ``manifest.json``, which lists every finished
-chunk with its rows, byte size and checksum.  Each chunk file and the manifest are written
-to a temporary name, flushed to disk and renamed into place, so whatever moment a run is
-killed (even SIGKILL) the manifest only names complete chunks.  The next run verifies those
-chunks, extracts only the missing ones, then assembles ``KEY.npy`` chunk by chunk (never all
-images in memory), publishes ``KEY.json`` last and removes ``KEY.partial/``.  Batches never
-cross a chunk boundary, so a resumed run feeds the model exactly the batches an
-uninterrupted run does and its features are bit-identical.
+While features are being extracted they are committed in chunks to ``KEY.partial/``:
+``chunk-000000000.npy`` ... (named by their first image) plus ``manifest.json``, which lists
+every finished chunk with its rows ``[start, stop)``, byte size and checksum.  A chunk is
+closed once it holds about ``chunk_seconds`` (5 s) of work at the extraction rate measured so
+far, and at least :data:`MIN_CHUNK_ROWS` and at most :data:`MAX_CHUNK_ROWS` images, so an
+interrupted run loses a few seconds of work whatever the model, device or gallery size
+(``chunk_size`` or ``$CBIR_CHUNK_SIZE`` fixes the number of images instead).  Each chunk file
+and the manifest are written to a temporary name, flushed to disk and renamed into place, so
+whatever moment a run is killed (even SIGKILL) the manifest only names complete chunks.  The
+next run verifies those chunks, extracts only the images no chunk holds, then assembles
+``KEY.npy`` chunk by chunk (never all images in memory), publishes ``KEY.json`` last and
+removes ``KEY.partial/``.  Chunks are closed only at batch boundaries and batches are cut from
+the start of each missing range, so a resumed run feeds the model exactly the batches an
+uninterrupted run does and its features are bit-identical.  A run stopped before it committed
+any chunk (Ctrl-C while the model downloads, say) leaves no ``KEY.partial/`` behind.
 
 Every entry or chunk is checked before use (byte size, shape, dtype, checksum); one that
 fails is discarded with a warning and recomputed, never loaded.
 
-Two processes asking for the same key take turns through a file lock (``KEY.lock``, an
+Two processes asking for the same key take turns through a lock file (``KEY.lock``, an
 ``flock`` the OS releases when a process dies): the second waits, then finds the finished
-entry.  Loaded vectors are memory-mapped copy-on-write: writing to them never touches the
-cache file.
+entry.  The holder removes ``KEY.lock`` before releasing it, so a finished or interrupted run
+leaves none behind.  Loaded vectors are memory-mapped copy-on-write: writing to them never
+touches the cache file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
+import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -47,8 +55,16 @@ from ..errors import CbirError
 from ..images import ImageRef, fingerprint
 from .extractor import Extractor, Features
 
+try:
+    import fcntl
+except ImportError:  # Windows (see _filelock)
+    fcntl = None
+
 CACHE_FORMAT = 2
-DEFAULT_CHUNK_SIZE = 1024
+MANIFEST_LAYOUT = "ranges"  # chunks listed by their rows [start, stop)
+CHUNK_SECONDS = 5.0
+MIN_CHUNK_ROWS = 16
+MAX_CHUNK_ROWS = 8192
 
 
 def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -60,9 +76,11 @@ def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cbir_kit"
 
 
-def default_chunk_size(chunk_size: int | None = None) -> int:
-    """``chunk_size`` if given, else ``$CBIR_CHUNK_SIZE``, else 1024 images per committed chunk."""
-    raw = chunk_size if chunk_size is not None else os.environ.get("CBIR_CHUNK_SIZE", DEFAULT_CHUNK_SIZE)
+def default_chunk_size(chunk_size: int | None = None) -> int | None:
+    """``chunk_size`` if given, else ``$CBIR_CHUNK_SIZE``, else None (chunks sized by time)."""
+    raw = chunk_size if chunk_size is not None else os.environ.get("CBIR_CHUNK_SIZE")
+    if raw is None:
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -71,6 +89,81 @@ def default_chunk_size(chunk_size: int | None = None) -> int:
         raise CbirError(f"the feature cache chunk size must be a positive integer; got {raw!r} "
                         "(check $CBIR_CHUNK_SIZE)")
     return value
+
+
+@dataclass(frozen=True)
+class ChunkPolicy:
+    """When the chunk being filled is committed to disk.
+
+    It is full once it holds ``max_rows`` images, or ``min_rows`` images or more that took
+    ``seconds`` of work or more at the rate measured so far.
+    """
+
+    seconds: float = CHUNK_SECONDS
+    min_rows: int = MIN_CHUNK_ROWS
+    max_rows: int = MAX_CHUNK_ROWS
+
+    @classmethod
+    def fixed(cls, rows: int) -> "ChunkPolicy":
+        """Chunks of ``rows`` images (rounded up to whole batches), whatever the time."""
+        return cls(seconds=0.0, min_rows=rows, max_rows=rows)
+
+    def full(self, rows: int, seconds_per_image: float) -> bool:
+        """Whether a chunk of ``rows`` images, made at ``seconds_per_image``, is to be committed now."""
+        return rows >= self.max_rows or (rows >= self.min_rows and rows * seconds_per_image >= self.seconds)
+
+
+def _exclusive(path: Path, on_wait: Callable[[], None]):
+    """Hold an exclusive lock on the file ``path`` for a ``with`` block, removing the file after.
+
+    ``on_wait()`` is called before waiting for another holder.
+    """
+    return _flock(path, on_wait) if fcntl is not None else _filelock(path, on_wait)
+
+
+@contextmanager
+def _flock(path: Path, on_wait: Callable[[], None]):
+    """:func:`_exclusive` with POSIX ``flock``: the holder removes ``path`` before it lets go.
+
+    A process that was waiting then finds that ``path`` no longer names the file it locked,
+    and starts again on the new file.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:  # removed by the holder we waited for
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextmanager
+def _filelock(path: Path, on_wait: Callable[[], None]):
+    """:func:`_exclusive` where there is no ``flock`` (Windows): filelock removes its file on release there."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        on_wait()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cache_key(identity: dict, images: Sequence[ImageRef]) -> str:
@@ -135,13 +228,19 @@ def _ok_mask(n: int, failures: Sequence[Sequence]) -> np.ndarray:
 class FeatureCache:
     """A folder of cached feature entries; ``get_or_extract`` is the one entry point.
 
-    ``chunk_size`` images are committed at a time (default ``$CBIR_CHUNK_SIZE`` or 1024);
-    a killed extraction loses at most one chunk of work.
+    Extraction commits a chunk about every ``chunk_seconds`` of work (:class:`ChunkPolicy`), so
+    a killed extraction loses at most that much; ``chunk_size`` (default ``$CBIR_CHUNK_SIZE``)
+    commits a fixed number of images at a time instead.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike | None = None, chunk_size: int | None = None):
+    def __init__(self, cache_dir: str | os.PathLike | None = None, chunk_size: int | None = None,
+                 chunk_seconds: float = CHUNK_SECONDS):
         self.dir = default_cache_dir(cache_dir)
         self.chunk_size = default_chunk_size(chunk_size)
+        if chunk_seconds <= 0:
+            raise CbirError(f"chunk_seconds must be positive; got {chunk_seconds}")
+        self.policy = ChunkPolicy(seconds=chunk_seconds) if self.chunk_size is None \
+            else ChunkPolicy.fixed(self.chunk_size)
 
     def vectors_path(self, key: str) -> Path:
         return self.dir / f"{key}.npy"
@@ -155,21 +254,18 @@ class FeatureCache:
     @contextmanager
     def lock(self, key: str):
         """Hold ``KEY.lock`` (waits, with a note on stderr, while another process holds it)."""
-        lock = FileLock(str(self.dir / f"{key}.lock"))
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            lock.acquire(timeout=0)
-        except Timeout:   # (an OSError too, so it comes first)
+        def waiting():
             print(f"cbir_kit: waiting for another process that is extracting the same features "
                   f"({self.dir / key}.*)", file=sys.stderr)
-            lock.acquire()
-        except OSError as err:   # read-only, someone else's, or not a folder at all
-            raise CbirError(f"cannot write to the feature cache folder {self.dir} ({err.strerror or err}); "
-                            "point cache_dir (cbir --cache) or $CBIR_CACHE at a folder you can write to") from None
-        try:
+
+        with ExitStack() as held:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(_exclusive(self.dir / f"{key}.lock", waiting))
+            except OSError as err:   # read-only, someone else's, or not a folder at all
+                raise CbirError(f"cannot write to the feature cache folder {self.dir} ({err.strerror or err}); "
+                                "point cache_dir (cbir --cache) or $CBIR_CACHE at a folder you can write to") from None
             yield
-        finally:
-            lock.release()
 
     def _discard(self, key: str, what: Path, err: Exception) -> None:
         warnings.warn(f"feature cache entry {what} is corrupt ({err}); discarding it and recomputing",
@@ -230,7 +326,7 @@ class FeatureCache:
         with self.lock(key):
             part = self.partial_dir(key)
             part.mkdir(parents=True, exist_ok=True)
-            chunk = part / "chunk-000000.npy"
+            chunk = part / _chunk_name(0)
             vectors = np.ascontiguousarray(feats.vectors, dtype=np.float32)
             _write_atomic(chunk, lambda f: np.save(f, vectors))
             self._publish(key, [chunk], len(vectors), vectors.shape[1], list(feats.failures), identity)
@@ -239,31 +335,35 @@ class FeatureCache:
     def _resume_manifest(self, key: str, n: int, identity: dict) -> dict:
         """The partial entry's manifest with only chunks that verify; stray files removed."""
         part = self.partial_dir(key)
-        fresh = {"format": CACHE_FORMAT, "n": n, "chunk_size": self.chunk_size, "identity": identity,
-                 "dim": None, "chunks": {}}
+        fresh = {"format": CACHE_FORMAT, "layout": MANIFEST_LAYOUT, "n": n, "identity": identity,
+                 "dim": None, "chunks": []}
         try:
             manifest = json.loads((part / "manifest.json").read_text())
-            if manifest.get("format") != CACHE_FORMAT or manifest.get("n") != n or \
-                    manifest.get("identity") != identity or int(manifest.get("chunk_size", 0)) < 1:
+            if manifest.get("format") != CACHE_FORMAT or manifest.get("layout") != MANIFEST_LAYOUT or \
+                    manifest.get("n") != n or manifest.get("identity") != identity:
                 raise ValueError("it belongs to another format, size or model")
+            manifest["chunks"] = sorted(manifest["chunks"], key=lambda c: int(c["start"]))
         except FileNotFoundError:
             manifest = fresh
         except Exception as err:
             warnings.warn(f"feature cache manifest {part / 'manifest.json'} is unreadable ({err}); "
                           "starting this extraction again", stacklevel=3)
             manifest = fresh
-        kept = {}
-        for index, chunk in manifest["chunks"].items():
-            path = part / chunk["file"]
+        kept: list[dict] = []
+        for chunk in manifest["chunks"]:
+            path = part / str(chunk.get("file"))
             try:
+                if not (kept[-1]["stop"] if kept else 0) <= chunk["start"] < chunk["stop"] <= n or \
+                        chunk["stop"] - chunk["start"] != chunk["rows"]:
+                    raise ValueError(f"rows {chunk['start']}-{chunk['stop']} overlap another chunk or the end")
                 _load_verified(path, chunk["rows"], manifest["dim"], chunk["n_bytes"], chunk["checksum"])
-                kept[index] = chunk
+                kept.append(chunk)
             except Exception as err:
                 warnings.warn(f"feature cache chunk {path} is corrupt ({err}); discarding it and recomputing",
                               stacklevel=3)
         manifest["chunks"] = kept
         if part.is_dir():
-            listed = {c["file"] for c in kept.values()} | {"manifest.json"}
+            listed = {c["file"] for c in kept} | {"manifest.json"}
             for stray in part.iterdir():  # chunks written after the last manifest, temporary files
                 if stray.name not in listed:
                     stray.unlink(missing_ok=True)
@@ -289,36 +389,72 @@ class FeatureCache:
 
     def _extract(self, key: str, extractor: Extractor, images: Sequence[ImageRef], identity: dict,
                  progress: bool, desc: str) -> Features:
+        """Extract the images no verified chunk holds, committing chunks as they fill, then publish."""
         part = self.partial_dir(key)
         manifest = self._resume_manifest(key, len(images), identity)
-        n, size = len(images), int(manifest["chunk_size"])
-        bounds = [(c * size, min(n, (c + 1) * size)) for c in range(math.ceil(n / size))]
-        missing = [c for c in range(len(bounds)) if str(c) not in manifest["chunks"]]
-        if missing:
-            part.mkdir(parents=True, exist_ok=True)
-            manifest["dim"] = extractor.dim
-            ranges = [r for c in missing for r in extractor.batch_ranges(*bounds[c])]
-            done = n - sum(bounds[c][1] - bounds[c][0] for c in missing)
-            pending: list = []
-            with tqdm(total=n, initial=done, desc=f"{desc} [{extractor.spec}]", unit="img",
-                      disable=not progress, leave=False) as bar:
-                for batch in extractor.stream(images, ranges, bar):
-                    pending.append(batch)
-                    c = batch.start // size
-                    if batch.stop == bounds[c][1]:
-                        self._commit_chunk(part, manifest, c, pending)
-                        pending = []
+        n = len(images)
+        gaps = _missing_ranges(manifest["chunks"], n)
+        try:
+            if gaps:
+                self._extract_ranges(part, manifest, extractor, images, gaps, progress, desc)
+        except BaseException:
+            if not manifest["chunks"]:  # nothing worth resuming (e.g. stopped while the model downloaded)
+                shutil.rmtree(part, ignore_errors=True)
+            raise
         dim = manifest["dim"] if manifest["dim"] is not None else extractor.dim
-        chunks = [part / manifest["chunks"][str(c)]["file"] for c in range(len(bounds))]
-        failures = [tuple(f) for c in range(len(bounds)) for f in manifest["chunks"][str(c)]["failures"]]
-        return self._publish(key, chunks, n, dim, failures, identity)
+        chunks = manifest["chunks"]
+        failures = [tuple(f) for c in chunks for f in c["failures"]]
+        return self._publish(key, [part / c["file"] for c in chunks], n, dim, failures, identity)
 
-    def _commit_chunk(self, part: Path, manifest: dict, c: int, batches: list) -> None:
+    def _extract_ranges(self, part: Path, manifest: dict, extractor: Extractor, images: Sequence[ImageRef],
+                        gaps: list[tuple[int, int]], progress: bool, desc: str) -> None:
+        """Extract the rows of ``gaps`` batch by batch; commit a chunk whenever :attr:`policy` says it is full.
+
+        A chunk also ends where a gap ends, so it always holds consecutive rows.
+        """
+        manifest["dim"] = extractor.dim
+        ranges = [r for a, b in gaps for r in extractor.batch_ranges(a, b)]
+        ends = {b for _, b in gaps}
+        n = len(images)
+        done = n_done = n - sum(b - a for a, b in gaps)
+        pending: list = []
+        started = time.perf_counter()
+        with tqdm(total=n, initial=done, desc=f"{desc} [{extractor.spec}]", unit="img",
+                  disable=not progress, leave=False) as bar:
+            for batch in extractor.stream(images, ranges, bar):
+                pending.append(batch)
+                n_done += batch.stop - batch.start
+                seconds_per_image = (time.perf_counter() - started) / (n_done - done)
+                if batch.stop in ends or self.policy.full(batch.stop - pending[0].start, seconds_per_image):
+                    self._commit_chunk(part, manifest, pending)
+                    pending = []
+
+    def _commit_chunk(self, part: Path, manifest: dict, batches: list) -> None:
         """Write one chunk file, then record it in the manifest (both atomically, in that order)."""
         vectors = np.concatenate([b.vectors for b in batches])
-        name = f"chunk-{c:06d}.npy"
+        start, stop = batches[0].start, batches[-1].stop
+        name = _chunk_name(start)
+        part.mkdir(parents=True, exist_ok=True)
         _write_atomic(part / name, lambda f: np.save(f, vectors))
-        manifest["chunks"][str(c)] = {
-            "file": name, "rows": len(vectors), "n_bytes": (part / name).stat().st_size,
-            "checksum": _checksum([vectors]), "failures": [list(f) for b in batches for f in b.failures]}
+        manifest["chunks"].append({
+            "start": start, "stop": stop, "file": name, "rows": len(vectors), "n_bytes": (part / name).stat().st_size,
+            "checksum": _checksum([vectors]), "failures": [list(f) for b in batches for f in b.failures]})
+        manifest["chunks"].sort(key=lambda c: c["start"])
         _write_json(part / "manifest.json", manifest)
+
+
+def _chunk_name(start: int) -> str:
+    """The file of the chunk whose first row is ``start``."""
+    return f"chunk-{start:09d}.npy"
+
+
+def _missing_ranges(chunks: list[dict], n: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` row ranges of ``0..n`` that no chunk (sorted, non-overlapping) holds."""
+    gaps, at = [], 0
+    for chunk in chunks:
+        if chunk["start"] > at:
+            gaps.append((at, chunk["start"]))
+        at = chunk["stop"]
+    if at < n:
+        gaps.append((at, n))
+    return gaps

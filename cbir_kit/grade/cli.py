@@ -94,5 +94,5 @@ def add_grade(sub) -> None:
     c.add_argument("--dataset", default="demo", help="query/gallery dataset spec (default: demo)")
     c.add_argument("--config", default=None, help="challenge TOML (see grading/challenge.toml)")
     c.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
-    c.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else ./datasets)")
+    c.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
     c.set_defaults(func=_challenge)
