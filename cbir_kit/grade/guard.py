@@ -33,7 +33,7 @@ back: ``sys._getframe``, ``tb_frame``/``gi_frame``, ``gc.get_referrers`` and fri
 ``__code__`` or defaults; reading ``/proc/*/mem`` is refused at any time.
 
 One Python process cannot be made airtight against code that runs inside it; this closes the
-routes known to work (grading/README.md, "What the autograder guarantees").
+routes known to work (grading/README.md, "How a notebook is scored").
 """
 from __future__ import annotations
 

@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
+from .._io import write_json
 from ..datasets import Dataset
 from ..errors import CbirError
-from ..evaluate import write_json_atomic
 from ..features import FeatureCache, create_extractor, resolve_device
 from ..images import open_image
 from .backbone import FinetuneConfig, Finetuner, build_embedding_net
@@ -232,4 +232,4 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
 
 
 def write_result_json(result: FinetuneResult, path) -> None:
-    write_json_atomic(path, result.to_dict())
+    write_json(path, result.to_dict())
