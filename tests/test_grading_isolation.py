@@ -91,21 +91,25 @@ def test_plain_results_are_exact_builtin_and_numpy_types():
         assert not is_plain(odd), odd
 
 
-def test_each_sandbox_gets_a_user_of_its_own():
-    assert len({sandbox_uid() for _ in range(50)}) == 50
-
-
-@pytest.mark.skipif(not bwrap_status()[0], reason=f"bubblewrap unavailable: {bwrap_status()[1]}")
-def test_tmp_is_size_limited():
-    box = Sandbox(Limits(tmp_mb=16), "bwrap")
-    code = "open('/tmp/big', 'wb').write(b'0' * (40 << 20))"
+def run_confined(box: Sandbox, code: str) -> tuple[int, bytes]:
+    """``(exit status, output)`` of Python ``code`` run in ``box``; its processes and control group removed after."""
     with tempfile.TemporaryDirectory() as work:
         proc = box.popen([sys.executable, "-c", code], SandboxSpec(), Path(work),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out, _ = proc.communicate(timeout=120)
         kill_group(proc)
     box.close()
-    assert proc.returncode != 0 and b"No space left" in out, out[-500:]
+    return proc.returncode, out
+
+
+def test_each_sandbox_gets_a_user_of_its_own():
+    assert len({sandbox_uid() for _ in range(50)}) == 50
+
+
+@pytest.mark.skipif(not bwrap_status()[0], reason=f"bubblewrap unavailable: {bwrap_status()[1]}")
+def test_tmp_is_size_limited():
+    returncode, out = run_confined(Sandbox(Limits(tmp_mb=16), "bwrap"), "open('/tmp/big', 'wb').write(b'0' * (40 << 20))")
+    assert returncode != 0 and b"No space left" in out, out[-500:]
 
 
 @pytest.mark.skipif(not groups_available()[0], reason=f"no control group: {groups_available()[1]}")
@@ -118,12 +122,7 @@ def test_memory_is_limited_for_the_whole_sandbox_not_per_process():
             "        block = bytearray(300 << 20)\n        for j in range(0, len(block), 4096):\n"
             "            block[j] = 1\n        import time; time.sleep(2)\n        os._exit(0)\n"
             "    kids.append(pid)\nprint('STATUSES', [os.waitpid(p, 0)[1] for p in kids])\n")
-    with tempfile.TemporaryDirectory() as work:
-        proc = box.popen([sys.executable, "-c", code], SandboxSpec(), Path(work),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        out, _ = proc.communicate(timeout=120)
-        kill_group(proc)
-    box.close()
+    _, out = run_confined(box, code)
     statuses = eval(out.decode().split("STATUSES", 1)[1])
     assert any(s != 0 for s in statuses), statuses   # the kernel's OOM killer stopped at least one
 
