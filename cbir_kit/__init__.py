@@ -1,20 +1,37 @@
 """cbir_kit: a teaching toolkit for content-based image retrieval.
 
-The pipeline: datasets -> features -> index -> ranked lists -> metrics + timings.
+The pipeline is the folder structure, one package per stage in pipeline order:
+``datasets`` (1) -> ``features`` (2) -> ``index`` (3) -> ``rerank`` (4) -> ``threshold`` (5)
+-> ``evaluation`` and ``bench`` (6) -> ``report`` (7); ``pipeline`` walks the path once,
+``train`` and ``grade`` are side branches and ``cli`` is the ``cbir`` command.
+
+``import cbir_kit`` loads nothing heavy and changes nothing in the process: the names below
+are imported on first use (PEP 562), so ``cbir_kit.evaluate(...)`` works without importing
+torch or faiss up front.
 """
-import os
-
-# OpenMP threads that spin while waiting for work (libgomp's default) steal the cores that the
-# working threads need when the machine is shared or loaded: measured on a busy 2-core machine,
-# one faiss IndexBinaryFlat query took 24 ms instead of 0.08 ms, and EfficientNet-Lite0 ran at
-# 10 instead of 38 images/s.  Idle threads sleep instead; set OMP_WAIT_POLICY=ACTIVE to undo.
-# This must happen before torch or faiss load their OpenMP runtimes.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .datasets import Dataset, load  # noqa: E402
-from .errors import CbirError  # noqa: E402
-from .evaluate import EvalResult, evaluate  # noqa: E402
-from .features import create_extractor  # noqa: E402
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["CbirError", "Dataset", "EvalResult", "create_extractor", "evaluate", "load"]
+
+# public name -> module that defines it
+_EXPORTS = {
+    "CbirError": "cbir_kit.errors",
+    "CbirWarning": "cbir_kit.errors",
+    "Dataset": "cbir_kit.datasets",
+    "load": "cbir_kit.datasets",
+    "create_extractor": "cbir_kit.features",
+    "EvalResult": "cbir_kit.pipeline.job",
+    "evaluate": "cbir_kit.pipeline.job",
+    "compare": "cbir_kit.pipeline.comparison",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cbir_kit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -5,6 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# property tests draw the same examples on every run: CI never fails on a draw a rerun would not repeat
+settings.register_profile("cbir", derandomize=True)
+settings.load_profile("cbir")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CBIR_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -117,7 +117,7 @@ LIBRARY = {
                           "test_ahp_for_query", SAYS["library-call"]),
     },
     "03_evaluation": {
-        "percentile": ('from cbir_kit.bench import percentile_nearest_rank as library_percentile\n\n\n'
+        "percentile": ('from cbir_kit.bench.harness import percentile_nearest_rank as library_percentile\n\n\n'
                        'def percentile_nearest_rank(values, q):\n    return library_percentile(values, q)\n',
                        "test_percentile", SAYS["library-call"]),
     },

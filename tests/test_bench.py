@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cbir_kit.bench import Bench, BenchResult, StageTiming, percentile_nearest_rank
+from cbir_kit.bench.harness import Bench, BenchResult, StageTiming, percentile_nearest_rank
 from cbir_kit.errors import CbirError
 from cbir_kit.index import ExactIndex
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import torch
 
-from cbir_kit.bench_extract import naive_features, sgemm_gflops
+from cbir_kit.bench.extract import naive_features, sgemm_gflops
 from cbir_kit.cli import main
 from cbir_kit.features import create_extractor
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from cbir_kit.bench_search import (Method, MixtureSynth, bench_search, feature_statistics, format_result,
+from cbir_kit.bench.search import (Method, MixtureSynth, bench_search, feature_statistics, format_result,
                                    make_corpus, n_lists, parse_methods, tune)
 from cbir_kit.cli import main
 from cbir_kit.errors import CbirError

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from cbir_kit.cli import build_parser
+from cbir_kit.cli.app import build_parser
 
 
 def undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:

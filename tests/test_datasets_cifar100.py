@@ -12,8 +12,8 @@ import pytest
 from cbir_kit.datasets import load
 from cbir_kit.datasets.cifar100 import CifarImage, fetch_cifar100, load_cifar100, read_extracted
 from cbir_kit.datasets.download import ChecksumError
-from cbir_kit.images import fingerprint, open_image
-from cbir_kit.metrics import hierarchy_similarity
+from cbir_kit.datasets.images import fingerprint, open_image
+from cbir_kit.evaluation.metrics import hierarchy_similarity
 
 FINE = ["apple", "pear", "shark", "trout"]
 COARSE = ["fruit", "fish"]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cbir_kit.datasets import DatasetError, load
 from cbir_kit.datasets.revisitop import CroppedImage, fetch_revisitop, gnd_for_setting, load_ground_truth
-from cbir_kit.images import open_image
+from cbir_kit.datasets.images import open_image
 
 SIZES = {"roxford5k": 4993, "rparis6k": 6322}
 

@@ -12,7 +12,7 @@ from fixture_server import online
 from PIL import Image
 from sklearn.metrics import average_precision_score
 
-from cbir_kit.evaluate import evaluate
+from cbir_kit.pipeline.job import evaluate
 from cbir_kit.features.models import (
     imagenet_preprocess,
     load_efficientnet_lite0_weights,

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir_kit import metrics as M
-from cbir_kit import revisitop as RV
+from cbir_kit.evaluation import metrics as M
+from cbir_kit.evaluation import revisitop_map as RV
 from cbir_kit.datasets import Dataset
 from cbir_kit.errors import CbirWarning
-from cbir_kit.evaluate import evaluate
+from cbir_kit.pipeline.job import evaluate
 from cbir_kit.index.exact import numpy_search
 
 

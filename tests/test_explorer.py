@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from cbir_kit.datasets import Dataset
-from cbir_kit.explorer import COLOURS, Explorer, ranker
+from cbir_kit.report.explorer import COLOURS, Explorer, ranker
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 N_RUNS = 15          # explorer cell executions in one kernel (the stall hit about 1 in 13 before the fix)
@@ -121,7 +121,7 @@ SETUP = """\
 %matplotlib inline
 import numpy as np
 from cbir_kit.datasets import load
-from cbir_kit.explorer import Explorer, ranker
+from cbir_kit.report.explorer import Explorer, ranker
 
 ds = load("demo")
 rng = np.random.default_rng(0)

@@ -9,7 +9,8 @@ from PIL import Image
 
 from cbir_kit.errors import CbirError, ModelUnavailableError
 from cbir_kit.features import GeM, create_extractor
-from cbir_kit.features.models import build_backbone, load_efficientnet_lite0_weights
+from cbir_kit.features import build_backbone
+from cbir_kit.features.models import load_efficientnet_lite0_weights
 
 
 def _images(n, size=(96, 80)):

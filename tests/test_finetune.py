@@ -13,8 +13,8 @@ from cbir_kit.cli import main
 from cbir_kit.errors import CbirError
 from cbir_kit.features import create_extractor
 from cbir_kit.features.models import IMAGENET_MEAN, imagenet_preprocess
-from cbir_kit.train.backbone import build_embedding_net
-from cbir_kit.train.checkpoint import load_finetuned, read_finetuned, save_finetuned
+from cbir_kit.features.embedding_net import build_embedding_net
+from cbir_kit.features.checkpoint import load_finetuned, read_finetuned, save_finetuned
 from cbir_kit.train.finetune import finetune, training_transform
 
 

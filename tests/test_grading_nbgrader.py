@@ -333,7 +333,7 @@ def test_the_grading_kernels_environment_writes_nothing_to_stderr(tmp_path):
                 "runtime_dir": str(tmp_path / "runtime"), "threads": 1, "env": {"CBIR_PROFILE": "ci"}, "datasets": {}}
     cmd, cwd, env = kernel_command(str(tmp_path / "conn.json"), [], settings, tmp_path / "nb")
     at = cmd.index("ipykernel_launcher") - 2          # [python, -m, ipykernel_launcher, ...] runs last
-    code = ("import os, sklearn, joblib, torch, faiss, cbir_kit, cbir_kit.profile\n"
+    code = ("import os, sklearn, joblib, torch, faiss, cbir_kit, cbir_kit.pipeline.profile\n"
             "from sklearn.manifold import TSNE\n"
             "print(sum(joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4))), os.environ['CBIR_PROFILE'])")
     r = subprocess.run(cmd[:at] + [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cbir_kit.explorer import COLOURS
+from cbir_kit.report.explorer import COLOURS
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "02_search.ipynb"

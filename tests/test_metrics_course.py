@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir_kit import metrics as M
+from cbir_kit.evaluation import metrics as M
 
 
 def test_ap_at_k_over_k_worked_example():

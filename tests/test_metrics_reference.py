@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import average_precision_score
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP, RetrievalPrecision, RetrievalRecall
 
-from cbir_kit import metrics as M
+from cbir_kit.evaluation import metrics as M
 
 
 def random_problem(seed, n_queries=25, n_gallery=80, n_classes=5):

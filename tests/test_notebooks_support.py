@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from cbir_kit.datasets import Dataset, DatasetError
-from cbir_kit.explorer import Explorer, ranker, relevance
-from cbir_kit.profile import PROFILES, cap_per_class, get_profile, load_dataset
+from cbir_kit.report.explorer import Explorer, ranker, relevance
+from cbir_kit.pipeline.profile import PROFILES, cap_per_class, get_profile, load_dataset
 
 
 def tiny_dataset(n_gallery=12, n_query=4, leave_one_out=False):
@@ -50,7 +50,7 @@ def test_cap_per_class_keeps_at_most_n_per_label():
 
 
 def test_missing_dataset_error_names_the_fix(monkeypatch, tmp_path):
-    from cbir_kit.profile import Profile
+    from cbir_kit.pipeline.profile import Profile
     p = Profile(name="full", datasets={"classes": "no-such-dataset"})
     with pytest.raises(DatasetError, match="CBIR_PROFILE=ci"):
         load_dataset("classes", p, root=tmp_path)

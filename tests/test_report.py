@@ -8,11 +8,11 @@ import matplotlib
 import numpy as np
 import pytest
 
-from cbir_kit import report, viz
+from cbir_kit.report import document, plots
 from cbir_kit.cli import main
-from cbir_kit.compare import compare, config_keys, parse_config
+from cbir_kit.pipeline.comparison import compare, config_keys, parse_config
 from cbir_kit.errors import CbirError
-from cbir_kit.evaluate import evaluate
+from cbir_kit.pipeline.job import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +21,22 @@ def demo_result(demo_features):
 
 
 def test_plots_return_figures(demo_result):
-    for fig in (viz.plot_pr_curve(demo_result), viz.plot_query_grid(demo_result, n_best=2, n_worst=2, k=4),
-                viz.plot_methods(report.summary_table([demo_result])),
-                viz.plot_f1_vs_threshold({"static": demo_result.curves["over_threshold"]}, chosen={"static": 0.5})):
+    for fig in (plots.plot_pr_curve(demo_result), plots.plot_query_grid(demo_result, n_best=2, n_worst=2, k=4),
+                plots.plot_methods(document.summary_table([demo_result])),
+                plots.plot_f1_vs_threshold({"static": demo_result.curves["over_threshold"]}, chosen={"static": 0.5})):
         assert isinstance(fig, matplotlib.figure.Figure)
         matplotlib.pyplot.close(fig)
 
 
 def test_query_grid_colours_follow_relevance(demo_result):
-    best, worst = viz.pick_queries(demo_result.per_query_ap, 3, 3)
+    best, worst = plots.pick_queries(demo_result.per_query_ap, 3, 3)
     ap = demo_result.per_query_ap
     assert ap[best[0]] == np.nanmax(ap) and ap[worst[0]] == np.nanmin(ap) and not set(best) & set(worst)
     q = worst[0]
     ids = demo_result.ranked_ids[q, :5]
     ds = demo_result.ds
-    expect = [viz.RELEVANT if ds.gallery_labels[i] == ds.query_labels[q] else viz.NOT_RELEVANT for i in ids]
-    assert viz.relevance_colours(demo_result, q, ids) == expect
+    expect = [plots.RELEVANT if ds.gallery_labels[i] == ds.query_labels[q] else plots.NOT_RELEVANT for i in ids]
+    assert plots.relevance_colours(demo_result, q, ids) == expect
 
 
 def test_cli_evaluate_report_writes_markdown_and_pngs(demo_features, tmp_path, capsys):
@@ -69,7 +69,7 @@ def test_config_keys_are_the_method_flags_and_evaluate_keywords():
     import dataclasses
     import inspect
 
-    from cbir_kit.retrieval import Methods
+    from cbir_kit.pipeline.stages import Methods
 
     keys = set(config_keys())
     own = set(inspect.signature(evaluate).parameters) - {"methods"}
@@ -97,27 +97,27 @@ def test_compare_runs_methods_beside_exact(demo_features):
 
 def test_report_plots_ann_recall_against_query_latency(demo_features, tmp_path):
     results = compare(["exact", "index=HNSW32", "rerank=kreciprocal"], dataset="demo", k=5, progress=False)
-    table = report.summary_table(results)
+    table = document.summary_table(results)
     exact, _, rerank = results
     # a query's latency includes its re-ranking, not only the index search
     assert table.loc["exact", "query_ms_per_query"] == exact.timings["search_ms_per_query"]
     expected = rerank.timings["search_ms_per_query"] + 1000 * rerank.timings["kreciprocal_s"] / rerank.n_queries
     assert table.loc["rerank=kreciprocal", "query_ms_per_query"] == pytest.approx(expected)
-    rows = report._ann_or_hash_rows(results, table)
+    rows = document._ann_or_hash_rows(results, table)
     assert list(rows.index) == ["exact", "index=HNSW32"]  # re-ranking is no ANN setting
     assert rows.loc["exact", "recall@5_vs_exact"] == 1.0
-    path = report.write_report(results, tmp_path / "rep")
+    path = document.write_report(results, tmp_path / "rep")
     assert (tmp_path / "rep" / "recall_vs_latency.png").stat().st_size > 10_000
     assert "recall_vs_latency.png" in path.read_text()
 
 
 def test_compare_runs_each_config_and_reports(demo_features, tmp_path):
     results = compare(["exact", "exact"], dataset="demo", labels=["a", "b"], k=5, progress=False)
-    table = report.summary_table(results)
+    table = document.summary_table(results)
     assert list(table.index) == ["a", "b"]
     assert table.loc["b", "cache_hit"]  # features extracted once, then loaded
     assert table.loc["a", "mAP"] == pytest.approx(table.loc["b", "mAP"])
-    path = report.write_report(results, tmp_path / "cmp")
+    path = document.write_report(results, tmp_path / "cmp")
     assert "| a |" in path.read_text() and "| b |" in path.read_text()
     with pytest.raises(CbirError, match="unknown key"):
         compare(["exact", "nonsense=1"], dataset="demo")
@@ -170,26 +170,26 @@ def _plot_texts(fig) -> list[str]:
 
 def test_plot_labels_are_words_with_units_not_column_keys(demo_features):
     results = compare(["exact", "index=HNSW32"], dataset="demo", k=5, progress=False)
-    table = report.summary_table(results)
-    figs = [viz.plot_methods(table), viz.plot_pr_curve(results),
-            viz.plot_recall_vs_latency(report._ann_or_hash_rows(results, table), recall="recall@5_vs_exact"),
-            viz.plot_f1_vs_threshold({"static": results[0].curves["over_threshold"]})]
+    table = document.summary_table(results)
+    figs = [plots.plot_methods(table), plots.plot_pr_curve(results),
+            plots.plot_recall_vs_latency(document._ann_or_hash_rows(results, table), recall="recall@5_vs_exact"),
+            plots.plot_f1_vs_threshold({"static": results[0].curves["over_threshold"]})]
     texts = [text for fig in figs for text in _plot_texts(fig)]
     for fig in figs:
         matplotlib.pyplot.close(fig)
     assert not [t for t in texts if re.search(r"\w_\w", t)]  # no query_ms_per_query, recall@5_vs_exact ...
     assert "query time (ms per query)" in texts
-    assert viz.column_words("recall@5_vs_exact") == "share of the exact top-5 found"
-    assert viz.column_words("kreciprocal_s") == "kreciprocal (s)"
+    assert plots.column_words("recall@5_vs_exact") == "share of the exact top-5 found"
+    assert plots.column_words("kreciprocal_s") == "kreciprocal (s)"
 
 
 def test_query_grid_titles_name_the_class_of_the_query_and_the_rank_and_class_of_each_result(demo_result):
     k = 3
-    fig = viz.plot_query_grid(demo_result, n_best=1, n_worst=1, k=k)
+    fig = plots.plot_query_grid(demo_result, n_best=1, n_worst=1, k=k)
     titles = [ax.get_title() for ax in fig.axes]
     matplotlib.pyplot.close(fig)
     ds = demo_result.ds
-    best, worst = viz.pick_queries(demo_result.per_query_ap, 1, 1)
+    best, worst = plots.pick_queries(demo_result.per_query_ap, 1, 1)
     for row, (q, kind) in enumerate([(best[0], "best"), (worst[0], "worst")]):
         assert titles[row * (k + 1)] == f"query: {ds.query_labels[q]}\n{kind}, AP {demo_result.per_query_ap[q]:.2f}"
         for rank, gid in enumerate(demo_result.ranked_ids[q, :k], start=1):
@@ -203,7 +203,7 @@ def test_hash_project_table_worked_example():
     g_labels = np.array([0, 0, 1, 2])
     coarse = np.array([0, 0, 1])  # fine label -> superclass
     queries = gallery[[0, 3]]
-    table = report.hash_project_table({"Algo 2": report.exact_search(gallery, 2)}, queries, np.array([0, 2]),
+    table = document.hash_project_table({"Algo 2": document.exact_search(gallery, 2)}, queries, np.array([0, 2]),
                                       g_labels, coarse, ks=(1, 2))
     # query 0 ranks [0, 1]: both relevant -> AP@2/2 = (1 + 1) / 2 = 1; query 3 ranks [3, 2]: (1) / 2
     assert table.loc["Algo 2", "mAP@1"] == pytest.approx(1.0)
@@ -215,8 +215,8 @@ def test_hash_project_table_worked_example():
 
 
 def test_threshold_f1_table():
-    table = report.threshold_f1_table({"static": {"precision": 0.3, "recall": 0.4, "f1": 0.302},
+    table = document.threshold_f1_table({"static": {"precision": 0.3, "recall": 0.4, "f1": 0.302},
                                        "dynamic": {"precision": 0.35, "recall": 0.4, "f1": 0.3394}})
     assert table.loc["dynamic", "f1"] == pytest.approx(0.3394)
     with pytest.raises(CbirError, match="has no f1"):
-        report.threshold_f1_table({"x": object()})
+        document.threshold_f1_table({"x": object()})

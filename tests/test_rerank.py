@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cbir_kit import metrics as M
+from cbir_kit.evaluation import metrics as M
 from cbir_kit.errors import CbirError
 from cbir_kit.rerank import (database_augmentation, euclidean_distances, k_reciprocal_rerank,
                              k_reciprocal_rerank_features, parse_qe, query_expansion)

@@ -1,4 +1,4 @@
-"""The retrieval-method flags of `cbir evaluate` (cbir_kit.retrieval), on the demo dataset."""
+"""The retrieval-method flags of `cbir evaluate` (cbir_kit.pipeline.stages), on the demo dataset."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from cbir_kit.errors import CbirError
-from cbir_kit.evaluate import evaluate
-from cbir_kit.retrieval import Methods
+from cbir_kit.pipeline.job import evaluate
+from cbir_kit.pipeline.stages import Methods
 
 
 def _cbir(*args):

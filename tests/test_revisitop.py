@@ -3,14 +3,14 @@
 The reference below follows ``compute_ap`` / ``compute_map`` of revisitop's
 ``python/evaluate.py`` loop for loop (db-major ``ranks`` of shape (N, Q), junk shifting
 with two pointers, trapezoids accumulated one positive at a time), written here
-independently of cbir_kit.revisitop.
+independently of cbir_kit.evaluation.revisitop_map.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cbir_kit import revisitop as RV
+from cbir_kit.evaluation import revisitop_map as RV
 from cbir_kit.errors import CbirError
 
 

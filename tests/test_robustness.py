@@ -25,12 +25,12 @@ from torch import nn
 
 from cbir_kit.datasets import Dataset, load
 from cbir_kit.errors import CbirError
-from cbir_kit.evaluate import evaluate
+from cbir_kit.pipeline.job import evaluate
 from cbir_kit.features import FeatureCache, create_extractor
 from cbir_kit.features.cache import ChunkPolicy
 from cbir_kit.features.extractor import Extractor, split_preprocess
 from cbir_kit.features.models import Backbone, imagenet_preprocess
-from cbir_kit.images import ImageLoadError, open_image
+from cbir_kit.datasets.images import ImageLoadError, open_image
 from cbir_kit.index import ExactIndex
 
 REPO = Path(__file__).resolve().parents[1]

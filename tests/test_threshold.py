@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cbir_kit.errors import CbirError
-from cbir_kit.threshold import (DynamicThreshold, StaticThreshold, calibrate, calibration_split, gallery_means,
+from cbir_kit.threshold.rules import (DynamicThreshold, StaticThreshold, calibrate, calibration_split, gallery_means,
                                 retrieval_metrics)
 
 DIST = np.array([[0.1, 0.4, 0.5, 0.9],

@@ -86,7 +86,7 @@ def test_every_loss_and_miner_runs(name):
 
 
 def test_unknown_loss_is_a_clear_error():
-    with pytest.raises(CbirError, match="--loss"):
+    with pytest.raises(CbirError, match="loss .arcface. is not one of circle"):
         make_loss("arcface")
 
 
@@ -380,7 +380,8 @@ def test_corel_learned_48_bit_hash_against_itq(corel_features, corel_csv, tmp_pa
 
 @pytest.mark.parametrize("spec,size", [("resnet18", 64), ("clip:ViT-S-32:none", 64)])
 def test_backbone_finetuning_steps_with_accumulation(spec, size):
-    from cbir_kit.train.backbone import FinetuneConfig, Finetuner, build_embedding_net, layerwise_param_groups
+    from cbir_kit.features.embedding_net import build_embedding_net
+    from cbir_kit.train.backbone import FinetuneConfig, Finetuner, layerwise_param_groups
 
     torch.manual_seed(0)
     net = build_embedding_net(spec, out_dim=16, pretrained=False, image_size=size if spec.startswith("clip") else None)

@@ -18,6 +18,7 @@ junk = junk + easy).  Labels are landmark names read from the file names (``all_
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -25,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import fingerprint, open_image
-from ..revisitop import SETTINGS, load_gnd, setting_lists
+from .images import fingerprint, open_image
 from .base import Dataset, DatasetError, default_root
 from .download import download, extract_archive
 
@@ -36,8 +36,36 @@ IMAGE_URLS = {
     "rparis6k": ["https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/paris_1-v1.tgz",
                  "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/paris_2-v1.tgz"],
 }
+SETTINGS = ("easy", "medium", "hard")
 PAGE = "The revisitop page is http://cmp.felk.cvut.cz/revisitop/."
 IMAGES_STAMP = ".images-complete"
+
+
+def setting_lists(gnd_entry: dict, setting: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(ok, junk)`` gallery ids of one query under ``setting`` (easy / medium / hard)."""
+    easy = np.asarray(gnd_entry.get("easy", []), dtype=np.int64)
+    hard = np.asarray(gnd_entry.get("hard", []), dtype=np.int64)
+    junk = np.asarray(gnd_entry.get("junk", []), dtype=np.int64)
+    if setting == "easy":
+        return easy, np.concatenate([junk, hard])
+    if setting == "medium":
+        return np.concatenate([easy, hard]), junk
+    if setting == "hard":
+        return hard, np.concatenate([junk, easy])
+    raise DatasetError(f"revisitop setting must be one of {SETTINGS}; got {setting!r}")
+
+
+def load_gnd(path) -> dict:
+    """Read a revisitop ``gnd_*.pkl`` file: ``{"imlist", "qimlist", "gnd"}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"revisitop ground truth {path} does not exist; download gnd_roxford5k.pkl / "
+                        "gnd_rparis6k.pkl from the revisitop site into that folder")
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    if not isinstance(data, dict) or "gnd" not in data:
+        raise DatasetError(f"{path} is not a revisitop ground-truth pickle (no 'gnd' key)")
+    return data
 
 
 class CroppedImage:

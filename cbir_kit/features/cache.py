@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_path
 from ..errors import CbirError
-from ..images import ImageRef, fingerprint
+from ..datasets.images import ImageRef, fingerprint
 from .extractor import Extractor, Features
 
 try:

@@ -55,9 +55,12 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..errors import CbirError
-from ..images import ImageLoadError, ImageRef, describe, open_image
+from ..datasets.images import ImageLoadError, ImageRef, describe, open_image
 from .inference import close_enough, inference_copy, optimize_for_cpu
-from .models import Backbone, build_backbone, check_spec, preprocess_id
+from . import models
+from .checkpoint import build_finetuned
+from .models import Backbone
+from .specs import check_spec, parse_model, preprocess_id
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -69,8 +72,14 @@ DEFAULT_BATCH_SIZE = {"efficientnet_lite0": 8, "resnet18": 8, "resnet50": 8, "cl
 
 def default_batch_size(spec: str) -> int:
     """The measured default batch size for a model spec (``clip:*`` share one entry)."""
-    key = "clip" if spec.startswith("clip:") else spec.split("-")[0]
-    return DEFAULT_BATCH_SIZE.get(key, 32)
+    return DEFAULT_BATCH_SIZE.get(parse_model(spec).family, 32)
+
+
+def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
+    """Build the backbone of any model spec (:mod:`.specs`): named, CLIP or fine-tuned."""
+    if check_spec(spec).kind == "finetuned":
+        return build_finetuned(spec)
+    return models.build_backbone(spec, pretrained)
 
 
 _MALLOC_TUNED = False

@@ -15,10 +15,8 @@ Each entry builds a :class:`Backbone`: a module mapping a batch of preprocessed 
 """
 from __future__ import annotations
 
-import functools
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,8 +24,8 @@ from torch import nn
 from torchvision import transforms as T
 
 from ..errors import CbirError, ModelUnavailableError
+from .specs import OFFLINE_MODEL, RANDOM_TAGS, parse_model
 
-OFFLINE_MODEL = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -182,7 +180,7 @@ def build_clip(arch: str, pretrained: str) -> Backbone:
 
     if arch not in open_clip.list_models():
         raise CbirError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
-    tag = None if pretrained.lower() in ("", "none", "random") else pretrained
+    tag = None if pretrained.lower() in RANDOM_TAGS else pretrained
     if tag is not None and tag not in open_clip.list_pretrained_tags_by_model(arch):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise CbirError(f"open_clip has no pretrained tag {tag!r} for {arch}; available: {tags}")
@@ -209,68 +207,11 @@ MODELS: dict[str, Callable[[bool], Backbone]] = {
 }
 
 
-FINETUNED_PREFIX = "finetuned:"
-
-
-def _finetuned_path(spec: str) -> Path:
-    return Path(spec[len(FINETUNED_PREFIX):]).expanduser()
-
-
-def build_finetuned(spec: str) -> Backbone:
-    from ..train.checkpoint import load_finetuned
-
-    net = load_finetuned(_finetuned_path(spec))
-    return Backbone(net, net.preprocess, net.head.out_dim, spec, channels_last=not net.tokens)
-
-
-def finetuned_sha256(spec: str) -> str:
-    """SHA-256 of a ``finetuned:PATH`` file, hashed again only when its size or mtime changes."""
-    path = _finetuned_path(spec).resolve()
-    st = path.stat()
-    return _sha256_of(str(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    from ..datasets.download import file_digest
-
-    return file_digest(path, "sha256")
-
-
-def check_spec(spec: str) -> None:
-    """Raise a clear error if ``spec`` names no model (without building anything)."""
-    if spec.startswith(FINETUNED_PREFIX):
-        if not _finetuned_path(spec).is_file():
-            raise CbirError(f"--model {spec}: {_finetuned_path(spec)} does not exist; make it with "
-                            f"`cbir finetune --out {_finetuned_path(spec)}`")
-    elif spec.startswith("clip:"):
-        if len(spec.split(":")) != 3:
-            raise CbirError(f"model spec {spec!r} must be clip:ARCH:PRETRAINED, "
-                            "e.g. clip:ViT-B-32:laion2b_s34b_b79k (or clip:ViT-B-32:none for random weights)")
-    elif spec not in MODELS:
-        raise CbirError(f"unknown model {spec!r}; use one of {', '.join(MODELS)}, clip:ARCH:PRETRAINED "
-                        "or finetuned:PATH")
-
-
-def preprocess_id(spec: str) -> str:
-    """A name for the preprocessing ``spec`` uses, known without building the model.
-
-    For ``finetuned:PATH`` it names the file's content, so features cached for one
-    fine-tuned network are never reused for another saved under the same path.
-    """
-    if spec.startswith(FINETUNED_PREFIX):
-        return f"finetuned-sha256:{finetuned_sha256(spec)}"
-    if spec.startswith("clip:"):
-        return f"open_clip-default:{spec.split(':')[1]}"
-    return "resize256-bilinear-centercrop224-imagenet-norm"
-
-
 def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
-    """Build the backbone named by ``spec`` (see the module docstring for the forms)."""
-    check_spec(spec)
-    if spec.startswith(FINETUNED_PREFIX):
-        return build_finetuned(spec)
-    if spec.startswith("clip:"):
-        _, arch, tag = spec.split(":")
-        return build_clip(arch, tag if pretrained else "none")
+    """Build a named or CLIP backbone (``finetuned:PATH``: :func:`cbir_kit.features.extractor.build_backbone`)."""
+    parsed = parse_model(spec)
+    if parsed.kind == "clip":
+        return build_clip(parsed.arch, parsed.tag if pretrained else "none")
+    if parsed.kind != "named":
+        raise CbirError(f"model {spec!r}: fine-tuned networks are built by cbir_kit.features.checkpoint.load_finetuned")
     return MODELS[spec](pretrained)

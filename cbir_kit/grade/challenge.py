@@ -64,7 +64,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import CbirError
-from ..metrics import mean_average_precision, relevance_matrix, set_metrics
+from ..evaluation.metrics import mean_average_precision, relevance_matrix, set_metrics
 from . import scoring
 from .runner import pack_answer
 from .sandbox import Limits, Sandbox, SandboxSpec, kill_group
@@ -120,7 +120,7 @@ def _stage_image(ref, folder: Path, stem: str, rng: np.random.Generator) -> str:
     mode say nothing about the original, and the instructor's file is never touched.  A file that
     does not decode is copied as it is (submissions must cope with broken images).
     """
-    from ..images import ImageLoadError, open_image
+    from ..datasets.images import ImageLoadError, open_image
 
     is_path = isinstance(ref, (str, os.PathLike))
     suffix = Path(ref).suffix.lower() if is_path else ".png"

@@ -251,7 +251,8 @@ def sandbox_uid() -> int:
 def _base_env() -> dict[str, str]:
     """The environment every confined process starts from (nothing of the grader's own)."""
     return {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+            "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+            "OMP_WAIT_POLICY": "PASSIVE"}   # idle OpenMP threads sleep (cbir_kit.cli.app.quiet_openmp)
 
 
 def _unsandbox(value: str, spec: SandboxSpec, work_dir: Path) -> str:

@@ -1,7 +1,12 @@
-"""Re-ranking and expansion: k-reciprocal re-ranking, query expansion, DBA."""
-from .kreciprocal import (euclidean_distances, k_reciprocal_rerank, k_reciprocal_rerank_features,
-                          reciprocal_neighbours)
-from .qe import database_augmentation, parse_qe, query_expansion
+"""Stage 4, rerank: ranked lists -> better ranked lists (notebooks 06 and 07).
 
-__all__ = ["database_augmentation", "euclidean_distances", "k_reciprocal_rerank", "k_reciprocal_rerank_features",
-           "parse_qe", "query_expansion", "reciprocal_neighbours"]
+k-reciprocal re-ranking (:mod:`.kreciprocal`), query expansion and database-side
+augmentation (:mod:`.qe`).
+"""
+from .._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "euclidean_distances": ".kreciprocal", "k_reciprocal_rerank": ".kreciprocal",
+    "k_reciprocal_rerank_features": ".kreciprocal", "reciprocal_neighbours": ".kreciprocal",
+    "database_augmentation": ".qe", "parse_qe": ".qe", "query_expansion": ".qe",
+})

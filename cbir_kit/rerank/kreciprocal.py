@@ -42,7 +42,7 @@ def _check_params(k1: int, k2: int, lambda_value: float, n: int) -> None:
         raise CbirError(f"k-reciprocal lambda must lie in [0, 1]; got {lambda_value}")
     if n < max(k1, k2) + 1:
         raise CbirError(f"k-reciprocal re-ranking with k1={k1}, k2={k2} needs more than {max(k1, k2)} "
-                        f"queries + gallery items; got {n}. Lower --k1/--k2")
+                        f"queries + gallery items; got {n}. Lower k1 and k2")
 
 
 def _normalised_rows(block: RowBlock) -> RowBlock:

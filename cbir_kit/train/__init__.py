@@ -1,27 +1,31 @@
-"""Fine-tuning: heads on cached frozen features (CPU) and full backbone fine-tuning (GPU).
+"""Side branch, training: learn a head on cached frozen features or fine-tune a backbone (notebook 08).
 
-* :mod:`.heads`        projection head and the binary-hash project's hash head
+* :mod:`.recipes`      the metric-learning losses by name (torch-free)
 * :mod:`.losses`       Circle / triplet / multi-similarity / contrastive (pytorch-metric-learning),
                        hierarchy-derived class targets and the cosine loss
-* :mod:`.data`         seeded per-class splits and P-K class-balanced batches
+* :mod:`.sampling`     seeded P-K class-balanced batches
 * :mod:`.fit`          the training loop (AdamW, warm-up + cosine, mining after warm-up, early stopping)
-* :mod:`.hash_retrieval`  Hamming distances, "Algo 2", "Algo 2 + hashes"
-* :mod:`.checkpoint`   one-file heads and applying them at evaluation time
 * :mod:`.run`          the ``cbir train`` job and its held-out protocol
 * :mod:`.backbone`     full fine-tuning of a CNN or open_clip ViT (GeM + head, LLRD, AMP)
 * :mod:`.finetune`     the ``cbir finetune`` job: augmentations, P-K epochs, early stopping, held-out
                        test; the saved network is the model spec ``finetuned:PATH``
-"""
-from .checkpoint import TrainedHead, load_head, save_head
-from .data import pk_batches, stratified_split
-from .fit import FitResult, HeadConfig, fit_head
-from .hash_retrieval import (algo2_hash_search, algo2_search, hamming_distances, hamming_recall_at_k,
-                             leave_one_out_shortlist_recall, shortlist_recall_at_k)
-from .heads import HashHead, ProjectionHead
-from .losses import LOSSES, class_targets, cosine_target_loss, make_loss
-from .run import TrainResult, train
 
-__all__ = ["FitResult", "HashHead", "HeadConfig", "LOSSES", "ProjectionHead", "TrainResult", "TrainedHead",
-           "algo2_hash_search", "algo2_search", "class_targets", "cosine_target_loss", "fit_head",
-           "hamming_distances", "hamming_recall_at_k", "leave_one_out_shortlist_recall", "load_head", "make_loss",
-           "pk_batches", "save_head", "shortlist_recall_at_k", "stratified_split", "train"]
+What training produces is applied at query time by the features stage: heads
+(:mod:`cbir_kit.features.heads`, :mod:`cbir_kit.features.checkpoint`) and fine-tuned networks
+(:mod:`cbir_kit.features.embedding_net`); seeded splits are :mod:`cbir_kit.datasets.splits`;
+the hash project's Hamming search is :mod:`cbir_kit.index.hash_search`.  They are re-exported
+here for the notebooks.
+"""
+from .._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "TrainedHead": "..features.checkpoint", "load_head": "..features.checkpoint", "save_head": "..features.checkpoint",
+    "HashHead": "..features.heads", "ProjectionHead": "..features.heads",
+    "stratified_split": "..datasets.splits", "pk_batches": ".sampling",
+    "FitResult": ".fit", "HeadConfig": ".fit", "fit_head": ".fit",
+    "algo2_hash_search": "..index.hash_search", "algo2_search": "..index.hash_search",
+    "hamming_distances": "..index.hash_search", "hamming_recall_at_k": "..index.hash_search",
+    "leave_one_out_shortlist_recall": "..index.hash_search", "shortlist_recall_at_k": "..index.hash_search",
+    "class_targets": ".losses", "cosine_target_loss": ".losses", "make_loss": ".losses",
+    "LOSSES": ".recipes", "TrainResult": ".run", "train": ".run",
+})

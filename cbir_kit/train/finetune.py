@@ -40,10 +40,12 @@ from .._io import write_json
 from ..datasets import Dataset
 from ..errors import CbirError
 from ..features import FeatureCache, create_extractor, resolve_device
-from ..images import open_image
-from .backbone import FinetuneConfig, Finetuner, build_embedding_net
-from .checkpoint import cpu_state, save_finetuned
-from .data import hold_out, pk_batches
+from ..datasets.images import open_image
+from ..features.embedding_net import build_embedding_net
+from .backbone import FinetuneConfig, Finetuner
+from ..features.checkpoint import cpu_state, save_finetuned
+from ..datasets.splits import hold_out
+from .sampling import pk_batches
 from .fit import leave_one_out_map
 from .run import held_out_k, held_out_metrics, labelled_features, metric_columns, protocol_lines, save_curve
 

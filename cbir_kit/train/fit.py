@@ -40,11 +40,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import metrics as M
+from ..evaluation import metrics as M
 from ..errors import CbirError
-from .data import pk_batches
-from .hash_retrieval import leave_one_out_shortlist_recall
-from .heads import HashHead, ProjectionHead
+from .sampling import pk_batches
+from ..index.hash_search import leave_one_out_shortlist_recall
+from ..features.heads import HashHead, ProjectionHead
 from .losses import cosine_target_loss, make_loss, neighbour_code_loss, quantisation_loss
 
 HASH_REFERENCE = 4096  # most training items a hash batch's neighbour loss compares against

@@ -34,32 +34,20 @@ u = 2h - 1 in (-1, 1)^B, so that for binary codes u_i . u_j = B - 2 d_H(i, j):
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import losses, miners
 
 from ..errors import CbirError
-
-# name -> (loss factory, miner factory used after the warm-up)
-LOSSES: dict[str, tuple[Callable, Callable]] = {
-    "circle": (lambda: losses.CircleLoss(m=0.4, gamma=80), lambda: miners.MultiSimilarityMiner(epsilon=0.1)),
-    "triplet": (lambda: losses.TripletMarginLoss(margin=0.1), lambda: miners.BatchHardMiner()),
-    "multi_similarity": (lambda: losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5),
-                         lambda: miners.MultiSimilarityMiner(epsilon=0.1)),
-    "contrastive": (lambda: losses.ContrastiveLoss(pos_margin=0.0, neg_margin=1.0),
-                    lambda: miners.MultiSimilarityMiner(epsilon=0.1)),
-}
-
+from .recipes import LOSSES
 
 def make_loss(name: str):
-    """``(loss, miner)`` for a loss named in :data:`LOSSES`."""
+    """``(loss, miner)`` for a loss named in :data:`cbir_kit.train.recipes.LOSSES`."""
     if name not in LOSSES:
-        raise CbirError(f"--loss {name!r} is not one of {', '.join(LOSSES)}")
-    loss_factory, miner_factory = LOSSES[name]
-    return loss_factory(), miner_factory()
+        raise CbirError(f"loss {name!r} is not one of {', '.join(LOSSES)}")
+    (loss_class, loss_args), (miner_class, miner_args) = LOSSES[name]
+    return getattr(losses, loss_class)(**loss_args), getattr(miners, miner_class)(**miner_args)
 
 
 def class_targets(class_names, hierarchy: dict | None = None, coarse_weight: float = 1.0) -> np.ndarray:

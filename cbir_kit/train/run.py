@@ -41,17 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import metrics as M
+from ..evaluation import metrics as M
 from ..datasets import Dataset, load
 from ..errors import CbirError
 from .._io import atomic_path, write_json
-from ..evaluate import full_ranking_metrics
+from ..pipeline.job import full_ranking_metrics
 from ..features import OFFLINE_MODEL, FeatureCache, create_extractor
 from ..index import ExactIndex
-from .checkpoint import TrainedHead, save_head
-from .data import hold_out
+from ..features.checkpoint import TrainedHead, save_head
+from ..datasets.splits import hold_out
 from .fit import FitResult, HeadConfig, fit_head
-from .hash_retrieval import algo2_hash_search, algo2_search, hamming_recall_at_k, shortlist_recall_at_k
+from ..index.hash_search import algo2_hash_search, algo2_search, hamming_recall_at_k, shortlist_recall_at_k
 from .losses import class_targets
 
 HASH_KS = (5, 10, 25)

@@ -1,4 +1,6 @@
-"""Timing harness: time named pipeline stages the same way in notebooks, the CLI and the grader.
+"""Stage 6, timings: the harness that times named stages alike in notebooks, the CLI and the grader (notebook 03).
+
+Timing harness: time named pipeline stages the same way in notebooks, the CLI and the grader.
 
 A :class:`Bench` times each stage with ``warmup`` untimed calls, then ``repeats`` timed
 calls, and reports the **median** (robust to a stray slow run).  Per-query latency comes
@@ -34,7 +36,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import CbirError
+from ..errors import CbirError
 
 STAGES = ("load", "embed", "index_build", "search", "rerank", "threshold")
 UNITS = {"load": "images", "embed": "images", "index_build": "images",
@@ -149,7 +151,7 @@ class BenchResult:
 
     def write_json(self, path) -> None:
         """Write ``to_dict()`` atomically (temporary file, then rename)."""
-        from ._io import write_json
+        from .._io import write_json
 
         write_json(path, self.to_dict())
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import CbirError
+from ..errors import CbirError
 
 ImageRef = Any  # str | Path | PIL.Image.Image | object with .open()
 

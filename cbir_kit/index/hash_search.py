@@ -27,7 +27,7 @@ from ..errors import CbirError
 
 def hamming_distances(query_codes, gallery_codes) -> np.ndarray:
     """All-pairs Hamming distances (Q, G) of unpacked 0/1 codes (Q, B) and (G, B)."""
-    from ..index.hashing import hamming_distances as packed_hamming
+    from .hashing import hamming_distances as packed_hamming
 
     q, g = np.asarray(query_codes), np.asarray(gallery_codes)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
@@ -63,7 +63,7 @@ def algo2_hash_search(query_codes, gallery_codes, query_emb, gallery_emb, k: int
 
 def shortlist_recall_at_k(query_codes, gallery_codes, query_feats, gallery_feats, k: int = 10) -> float:
     """Share of the exact float top k inside the 2k nearest codes (module docstring)."""
-    from ..index.hashing import shortlist_recall
+    from .hashing import shortlist_recall
 
     dist = hamming_distances(query_codes, gallery_codes)
     shortlist = np.argsort(dist, axis=1, kind="stable")[:, :2 * k]
@@ -72,7 +72,7 @@ def shortlist_recall_at_k(query_codes, gallery_codes, query_feats, gallery_feats
 
 def leave_one_out_shortlist_recall(codes, feats, rows, k: int = 10) -> float:
     """:func:`shortlist_recall_at_k` of pool items ``rows`` against the pool minus each query itself."""
-    from ..index.hashing import shortlist_recall
+    from .hashing import shortlist_recall
 
     rows = np.asarray(rows)
     dist = hamming_distances(np.asarray(codes)[rows], codes).astype(np.float64)

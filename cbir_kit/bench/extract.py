@@ -1,4 +1,6 @@
-"""``cbir bench extract``: the naive per-image loop against cbir_kit's pipeline, side by side.
+"""Stage 6, timings: ``cbir bench extract``, the naive per-image loop against the extraction pipeline (notebook 01).
+
+``cbir bench extract``: the naive per-image loop against cbir_kit's pipeline, side by side.
 
 Both embed the same images with the same model in one run:
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import time
 from typing import Sequence
 
@@ -36,19 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bench_search import add_bench_search
-from .datasets import load
-from .errors import CbirError
-from ._io import write_json
-from .features import OFFLINE_MODEL, create_extractor
-from .features.extractor import Extractor, available_cores
-from .images import ImageLoadError, open_image
+from ..datasets import load
+from ..errors import CbirError
+from ..features import OFFLINE_MODEL, create_extractor
+from ..features.extractor import Extractor, available_cores
+from ..datasets.images import ImageLoadError, open_image
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this process so far."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """User + system CPU time of this process so far (all threads; ``time.process_time``, any platform)."""
+    return time.process_time()
 
 
 def naive_features(extractor: Extractor, images: Sequence) -> np.ndarray:
@@ -170,7 +168,7 @@ def batch_size_sweep(model: str = OFFLINE_MODEL, sizes: Sequence[int] = (1, 2, 4
     x0 = ex._to_input([np.asarray(ex._split.pil_stage(Image.new("RGB", (256, 256), (90, 120, 150))))]
                       if ex._split is not None else [ex.backbone.preprocess(Image.new("RGB", (256, 256)))])
     best = {s: 0.0 for s in sizes}
-    from .features.extractor import torch_threads
+    from ..features.extractor import torch_threads
     with torch_threads(ex.num_threads if ex.device.type == "cpu" else None):
         for _ in range(rounds):
             for s in sizes:
@@ -183,71 +181,3 @@ def batch_size_sweep(model: str = OFFLINE_MODEL, sizes: Sequence[int] = (1, 2, 4
                     done += s
                 best[s] = max(best[s], done / (time.perf_counter() - t))
     return best
-
-
-def format_report(r: dict) -> str:
-    lines = [f"dataset {r['dataset']}  model {r['model']}  images {r['n_images']}  device {r['device']} "
-             f"({r['precision']})",
-             f"pipeline: batch {r['batch_size']}, {r['num_workers']} decoding threads, {r['num_threads']} torch threads "
-             f"in {r['streams']} streams, network {r['network']}",
-             "", "method      images/s   CPU ms/image",
-             f"naive      {r['naive']['images_per_s']:9.1f}   {r['naive']['cpu_ms_per_image']:12.1f}",
-             f"pipeline   {r['pipeline']['images_per_s']:9.1f}   {r['pipeline']['cpu_ms_per_image']:12.1f}",
-             "", f"speedup {r['speedup']:.2f}x   max |f_naive - f_pipeline| {r['max_abs_diff']:.2e}",
-             f"model {r['model_gflops']:.3f} GFLOP/image, sgemm {r['sgemm_gflops']:.1f} GFLOP/s, "
-             f"FLOP-bound ratio {r['flop_bound_ratio']:.3f}"]
-    if r.get("batch_sweep"):
-        lines += ["", "model-only images/s by batch size: " +
-                  ", ".join(f"{k}: {v:.1f}" for k, v in r["batch_sweep"].items())]
-    return "\n".join(lines)
-
-
-def run_bench_extract(args) -> int:
-    result = bench_extract(dataset=args.dataset, model=args.model, limit=args.limit, block=args.block,
-                           device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-                           num_threads=args.threads, precision=args.precision,
-                           pretrained=not args.random_weights, root=args.root, progress=not args.no_progress)
-    if args.batch_sizes:
-        sizes = [int(s) for s in args.batch_sizes.split(",")]
-        sweep = batch_size_sweep(args.model, sizes, device=args.device, num_threads=args.threads)
-        result["batch_sweep"] = {str(k): v for k, v in sweep.items()}
-    print(format_report(result))
-    if args.json:
-        write_json(args.json, result)
-        print(f"\nwrote {args.json}")
-    return 0
-
-
-def add_bench_extract(bench_sub) -> None:
-    """Register ``extract`` under a ``cbir bench`` sub-parser collection."""
-    p = bench_sub.add_parser("extract", help="naive per-image loop vs cbir_kit's extraction pipeline")
-    p.add_argument("--dataset", default="demo", help="dataset spec as in cbir evaluate (default: demo)")
-    p.add_argument("--model", default=OFFLINE_MODEL, help=f"model spec (default: {OFFLINE_MODEL})")
-    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where the network runs (default: cpu)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="arithmetic of the forward pass (default: auto = fp16 on CUDA, fp32 elsewhere)")
-    p.add_argument("--batch-size", type=int, default=None, help="pipeline batch size (default: per model)")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, cores))")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    p.add_argument("--block", type=int, default=100, help="images per alternating block (default: 100)")
-    p.add_argument("--batch-sizes", default=None, metavar="LIST",
-                   help="also time the model alone at these batch sizes, e.g. 1,4,8,16,32")
-    p.add_argument("--random-weights", action="store_true", help="random weights (timing only; no download)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
-    p.add_argument("--no-progress", action="store_true", help="hide progress lines")
-    p.set_defaults(func=run_bench_extract)
-
-
-# Benchmarks under `cbir bench`; each is an `add_<name>(bench_subparsers)` function.
-BENCH_COMMANDS = [add_bench_extract, add_bench_search]
-
-
-def add_bench(sub) -> None:
-    """Register ``cbir bench`` and its benchmarks (:data:`BENCH_COMMANDS`)."""
-    p = sub.add_parser("bench", help="benchmarks that compare methods side by side in one run")
-    bench_sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    for add in BENCH_COMMANDS:
-        add(bench_sub)

@@ -1,30 +1,21 @@
-"""Splitting labelled items and drawing class-balanced (P-K) batches, both seeded.
+"""Stage 1, datasets: every seeded split of labelled items (notebooks 05 and 08).
 
 ``stratified_split`` puts round(f * n_c) items of every class c into the first part (at
 least one and at most n_c - 1 when n_c >= 2), chosen by a seeded permutation.
 
-``pk_batches`` yields index batches of P classes x K items (pytorch-metric-learning's
-``MPerClassSampler``): each batch picks P distinct classes at random and K items of each
-(with replacement only when a class has fewer than K).  The sampler draws from numpy's
-global-style ``RandomState``; here it is given its own ``RandomState(seed)`` for the
-duration of the epoch, so batches depend on the seed alone.
-
 ``hold_out`` is the protocol of ``cbir train`` and ``cbir finetune`` (stated in
-:mod:`.run`): the gallery split per class into training (itself split into fit and
+:mod:`cbir_kit.train.run`): the gallery split per class into training (itself split into fit and
 validation parts) and held-out images; any query or gallery image byte-identical to a
 training image is left out of the test (:func:`held_out_masks`).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-from pytorch_metric_learning.samplers import MPerClassSampler
-from pytorch_metric_learning.utils import common_functions as pml_common
 
 from ..errors import CbirError
-from ..images import fingerprint
+from .images import fingerprint
 
 
 def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,30 +34,6 @@ def stratified_split(labels, fraction: float, seed: int = 0) -> tuple[np.ndarray
         first.append(idx[:n_first])
         second.append(idx[n_first:])
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
-
-
-@contextlib.contextmanager
-def _seeded_sampler_rng(seed: int):
-    saved = pml_common.NUMPY_RANDOM
-    pml_common.NUMPY_RANDOM = np.random.RandomState(seed)
-    try:
-        yield
-    finally:
-        pml_common.NUMPY_RANDOM = saved
-
-
-def pk_batches(labels, p: int, k: int, n_items: int, seed: int) -> list[np.ndarray]:
-    """About ``n_items`` indices as batches of ``p`` classes x ``k`` items (one epoch)."""
-    labels = np.asarray(labels)
-    n_classes = len(np.unique(labels))
-    if n_classes < 2:
-        raise CbirError("metric learning needs at least two classes in the training split")
-    p = min(p, n_classes)
-    batch = p * k
-    sampler = MPerClassSampler(labels, m=k, batch_size=batch, length_before_new_iter=max(n_items, batch))
-    with _seeded_sampler_rng(seed):
-        order = np.fromiter(iter(sampler), dtype=np.int64)
-    return [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Plots of retrieval results, one call each; every function returns a matplotlib Figure.
+"""Stage 7, report: plots of retrieval results, one call each, each a matplotlib Figure (notebooks 03, 05).
+
+Plots of retrieval results, one call each; every function returns a matplotlib Figure.
 
 In a notebook::
 
@@ -21,8 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from .errors import CbirError
-from .images import ImageLoadError, open_image
+from ..errors import CbirError
+from ..datasets.images import ImageLoadError, open_image
 
 RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
 MARKERS = ("o", "s", "^", "D", "v")

@@ -1,4 +1,6 @@
-"""Interactive result explorer for notebooks: pick a query, a method, k or a threshold.
+"""Stage 7, report: the interactive result explorer for notebooks (notebook 02).
+
+Interactive result explorer for notebooks: pick a query, a method, k or a threshold.
 
 A *method* is any function ``rank(query_index) -> (scores, ids)`` that returns the gallery
 ids of one query, best first, with their similarity scores (higher = more similar).
@@ -21,8 +23,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from .datasets import Dataset
-from .images import open_image
+from ..datasets import Dataset
+from ..datasets.images import open_image
 
 Method = Callable[[int], tuple[np.ndarray, np.ndarray]]
 COLOURS = {"relevant": "#1a9850", "irrelevant": "#d73027", "junk": "#9e9e9e"}
@@ -37,7 +39,7 @@ def ranker(query_features, gallery_features, index=None, depth: int | None = Non
     whole gallery, so that any threshold can be explored).  With ``leave_one_out`` the query's own
     gallery entry (same index) is dropped from its list.
     """
-    from .index import ExactIndex
+    from ..index import ExactIndex
 
     query_features = np.asarray(query_features, np.float32)
     if index is None:

@@ -1,4 +1,6 @@
-"""The Revisited Oxford / Paris evaluation protocol (Radenović et al., CVPR 2018).
+"""Stage 6, evaluation: the Revisited Oxford / Paris protocol (Radenović et al., CVPR 2018; notebook 07).
+
+The Revisited Oxford / Paris evaluation protocol (Radenović et al., CVPR 2018).
 
 Ground truth per query (``gnd[i]``, the revisitop pickle format): gallery ids in ``easy``,
 ``hard`` and ``junk`` (plus the query box ``bbx``).  Three settings decide which ids are
@@ -25,29 +27,16 @@ any features, or :func:`ranks_from_similarity` to rank a (Q, G) similarity matri
 """
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
 import numpy as np
 
-from .errors import CbirError
+from ..errors import CbirError
+from ..datasets.revisitop import SETTINGS, load_gnd, setting_lists
 
-SETTINGS = ("easy", "medium", "hard")
+__all__ = ["KS", "SETTINGS", "evaluate_ranks", "load_gnd", "per_query_scores", "positive_positions",
+           "precision_at_ks", "ranks_from_similarity", "relevance_without_junk", "setting_lists", "summarize",
+           "trapezoid_ap"]
+
 KS = (1, 5, 10)
-
-
-def setting_lists(gnd_entry: dict, setting: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(ok, junk)`` gallery ids of one query under ``setting`` (easy / medium / hard)."""
-    easy = np.asarray(gnd_entry.get("easy", []), dtype=np.int64)
-    hard = np.asarray(gnd_entry.get("hard", []), dtype=np.int64)
-    junk = np.asarray(gnd_entry.get("junk", []), dtype=np.int64)
-    if setting == "easy":
-        return easy, np.concatenate([junk, hard])
-    if setting == "medium":
-        return np.concatenate([easy, hard]), junk
-    if setting == "hard":
-        return hard, np.concatenate([junk, easy])
-    raise CbirError(f"revisitop setting must be one of {SETTINGS}; got {setting!r}")
 
 
 def positive_positions(ranked_ids: np.ndarray, ok: np.ndarray, junk: np.ndarray) -> np.ndarray:
@@ -132,16 +121,3 @@ def relevance_without_junk(ranked_ids: np.ndarray, gnd_entry: dict, setting: str
     rel = np.zeros(len(ranked_ids), dtype=bool)
     rel[:len(kept)] = np.isin(kept, ok)
     return rel, len(ok)
-
-
-def load_gnd(path) -> dict:
-    """Read a revisitop ``gnd_*.pkl`` file: ``{"imlist", "qimlist", "gnd"}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CbirError(f"revisitop ground truth {path} does not exist; download gnd_roxford5k.pkl / "
-                        "gnd_rparis6k.pkl from the revisitop site into that folder")
-    with open(path, "rb") as f:
-        data = pickle.load(f)
-    if not isinstance(data, dict) or "gnd" not in data:
-        raise CbirError(f"{path} is not a revisitop ground-truth pickle (no 'gnd' key)")
-    return data

@@ -1,4 +1,6 @@
-"""The main job: dataset -> features (cached) -> index -> search -> metrics -> timings.
+"""The pipeline: ``evaluate()``, dataset -> features (cached) -> index -> search -> metrics -> timings (notebooks 01, 03).
+
+The main job: dataset -> features (cached) -> index -> search -> metrics -> timings.
 
 ``evaluate(...)`` is what ``cbir evaluate`` runs and what notebooks call; it returns an
 :class:`EvalResult` whose ``to_dict()`` is the JSON contract of DESIGN.md.
@@ -12,14 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import metrics as M
-from ._io import write_json
-from . import revisitop
-from .datasets import Dataset, load
-from .errors import CbirError, CbirWarning
-from .features import FeatureCache, OFFLINE_MODEL, create_extractor
-from .features.models import FINETUNED_PREFIX
-from .index import ExactIndex
+from ..evaluation import metrics as M
+from .._io import write_json
+from ..datasets import Dataset, load
+from ..errors import CbirError, CbirWarning
+from ..evaluation import revisitop_map
+from ..features import FeatureCache, OFFLINE_MODEL, create_extractor
+from ..features.specs import FINETUNED_PREFIX
+from ..index import ExactIndex
 
 
 @dataclass
@@ -80,7 +82,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     For leave-one-out datasets the query's own gallery entry is removed from its ranking.
     With revisitop ground truth (``ds.gnd``) the standard metrics use the Medium setting
     (relevant = easy + hard, junk removed from the ranking) and the protocol's
-    ``mAP_<setting>`` / ``mP@k_<setting>`` (x100, :mod:`cbir_kit.revisitop`) are added.
+    ``mAP_<setting>`` / ``mP@k_<setting>`` (x100, :mod:`cbir_kit.evaluation.revisitop_map`) are added.
     Also fills ``curves``: precision/recall/F1 over k and, for cosine scores on label
     ground truth, over score thresholds t in [-1, 1] (the set {score >= t}: a static threshold).
     Returns ``(metrics, per-query AP, top-k ids, curves)``.
@@ -91,7 +93,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
         raise CbirError(f"{ds.name}: the gallery has no item to retrieve for a query")
     gnd = ds.gnd
     if gnd is not None:
-        n_relevant = np.array([len(revisitop.setting_lists(g, "medium")[0]) for g in gnd])
+        n_relevant = np.array([len(revisitop_map.setting_lists(g, "medium")[0]) for g in gnd])
     else:
         n_relevant = ds.n_relevant()
         warn_unanswerable_queries(ds, n_relevant)
@@ -99,7 +101,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     curve_ks = np.unique(np.r_[np.arange(1, min(depth, 100) + 1), np.geomspace(1, depth, 200).astype(np.int64)])
     thresholds = np.linspace(-1.0, 1.0, 201) if index.metric == "ip" else None
     rels, aps, tops, k_hits, t_hits, t_retrieved = [], [], [], [], [], []
-    per_setting = {s: ([], []) for s in revisitop.SETTINGS}
+    per_setting = {s: ([], []) for s in revisitop_map.SETTINGS}
     for start in range(0, len(queries), chunk):
         scores, ids = index.search(queries[start:start + chunk], n_gallery)
         if ds.leave_one_out:
@@ -108,9 +110,9 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
             ids = ids[ids != own].reshape(len(ids), depth)
         if gnd is not None:
             chunk_gnd = gnd[start:start + chunk]
-            rel = np.stack([revisitop.relevance_without_junk(row, g, "medium")[0] for row, g in zip(ids, chunk_gnd)])
+            rel = np.stack([revisitop_map.relevance_without_junk(row, g, "medium")[0] for row, g in zip(ids, chunk_gnd)])
             for setting, (s_aps, s_prs) in per_setting.items():
-                a, p = revisitop.per_query_scores(ids, chunk_gnd, setting)
+                a, p = revisitop_map.per_query_scores(ids, chunk_gnd, setting)
                 s_aps.append(a)
                 s_prs.append(p)
         else:
@@ -129,7 +131,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     out = M.topk_metrics(rel, n_relevant, min(k, depth))
     out["mAP"] = float(np.nanmean(ap))
     if gnd is not None:
-        out.update(revisitop.summarize({s: (np.concatenate(a), np.concatenate(p)) for s, (a, p) in per_setting.items()}))
+        out.update(revisitop_map.summarize({s: (np.concatenate(a), np.concatenate(p)) for s, (a, p) in per_setting.items()}))
     curves = {"over_k": {"k": curve_ks, **M.set_metrics_curve(np.concatenate(k_hits), curve_ks, n_relevant)}}
     if t_hits:
         curves["over_threshold"] = {"threshold": thresholds, **M.set_metrics_curve(
@@ -187,7 +189,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     t_start = time.perf_counter()
     trained_head = None
     if head is not None:  # checked before any extraction: a wrong head fails fast
-        from .train import load_head
+        from ..train import load_head
         trained_head = load_head(head)
         trained_head.check_base(model)
     ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
@@ -218,7 +220,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     if trained_head is not None:
         ds, queries, gallery, held_out = trained_head.prepare_evaluation(model, ds, queries, gallery)
     elif model.startswith(FINETUNED_PREFIX):  # a fine-tuned network is tested on what it was not trained on
-        from .train.checkpoint import finetuned_hold_out
+        from ..features.checkpoint import finetuned_hold_out
         ds, queries, gallery, held_out = finetuned_hold_out(model, ds, queries, gallery)
         held_out_key = "held_out"
 
@@ -234,7 +236,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff)
     method_timings, method_config = {}, {}
     if methods is not None and methods.active():
-        from .retrieval import apply_methods
+        from .stages import apply_methods
         if trained_head is not None and methods.tta:
             raise CbirError("--tta cannot be combined with --head (the head maps features, not images)")
         metric_values, ap, top, method_timings, method_config = apply_methods(

@@ -1,8 +1,8 @@
 """``cbir train`` (a head on cached frozen features) and ``cbir finetune`` (the whole backbone), held-out metrics."""
 from __future__ import annotations
 
-from .fit import HeadConfig
-from .losses import LOSSES
+from ..train.recipes import LOSSES
+from .common import add_common
 
 
 def _report(result, json_path, write_result_json) -> int:
@@ -14,7 +14,8 @@ def _report(result, json_path, write_result_json) -> int:
 
 
 def run_train(args) -> int:
-    from .run import read_hierarchy, train, write_result_json
+    from ..train.fit import HeadConfig
+    from ..train.run import read_hierarchy, train, write_result_json
 
     config = HeadConfig(kind=args.head_kind, loss=args.loss, out_dim=args.dim, dropout=args.dropout,
                         n_bits=args.bits, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
@@ -29,8 +30,8 @@ def run_train(args) -> int:
 
 
 def run_finetune(args) -> int:
-    from .backbone import FinetuneConfig
-    from .finetune import finetune, write_result_json
+    from ..train.backbone import FinetuneConfig
+    from ..train.finetune import finetune, write_result_json
 
     config = FinetuneConfig(loss=args.loss, lr=args.lr, head_lr_scale=args.head_lr_scale,
                             layer_decay=args.layer_decay, weight_decay=args.weight_decay, warmup_frac=args.warmup,
@@ -46,8 +47,6 @@ def run_finetune(args) -> int:
 
 def _add_training_options(p, what: str, out: str, epochs: int, mining_warmup: int, patience: int) -> None:
     """The options ``cbir train`` and ``cbir finetune`` share: output, loss, batches, split, top-k."""
-    from ..cli import add_common
-
     add_common(p)
     p.add_argument("--out", default=out, help=f"where to save the {what} (default: {out})")
     p.add_argument("--curve", default=None, help="loss-curve PNG (default: OUT with suffix .png)")

@@ -1,4 +1,6 @@
-"""``cbir compare``: several configurations on one dataset, one table of quality and speed.
+"""The pipeline: ``compare()``, several configurations on one dataset, one table (notebook 03).
+
+``cbir compare``: several configurations on one dataset, one table of quality and speed.
 
 A configuration is a string of ``key=value`` pairs separated by commas, each key a retrieval
 method option (a field of :class:`cbir_kit.retrieval.Methods`, the ``cbir evaluate`` flags) or
@@ -22,11 +24,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from .errors import CbirError
+from ..errors import CbirError
 
-# printed under the table of `cbir compare`
-KEY_NOTE = ("recall, F1: macro over queries of the top-k set; ms/query: expansion + search + re-ranking.\n"
-            "Every metric and timing: --json PATH or --report DIR.")
 # evaluate() arguments that belong to the whole comparison, not to one configuration
 SHARED = ("dataset", "model", "k", "root", "cache_dir", "device", "batch_size", "num_workers", "progress", "seed")
 
@@ -45,14 +44,14 @@ def _convert(value: str):
 
 def method_keys() -> list[str]:
     """The retrieval-method keys: the fields of :class:`~cbir_kit.retrieval.Methods`."""
-    from .retrieval import Methods
+    from .stages import Methods
 
     return [field.name for field in dataclasses.fields(Methods)]
 
 
 def config_keys() -> list[str]:
     """The keys a configuration may set: the method keys and evaluate()'s own per-run arguments."""
-    from .evaluate import evaluate
+    from .job import evaluate
 
     own = [name for name in inspect.signature(evaluate).parameters if name not in SHARED and name != "methods"]
     return method_keys() + own
@@ -86,7 +85,7 @@ def parse_config(text: str) -> dict:
 
 def evaluate_kwargs(config: dict) -> dict:
     """A parsed configuration as evaluate() arguments: method keys gathered into ``methods``."""
-    from .retrieval import Methods
+    from .stages import Methods
 
     names = set(method_keys())
     methods = {key: value for key, value in config.items() if key in names}
@@ -103,7 +102,7 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
     ``shared`` holds the arguments common to every run (model, k, cache_dir, ...).  Each
     result's ``config["label"]`` is its configuration string (or ``labels[i]``).
     """
-    from .evaluate import evaluate
+    from .job import evaluate
 
     configs = list(configs)
     if not configs:
@@ -119,36 +118,3 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
         result.config["label"] = label
         results.append(result)
     return results
-
-
-def run_compare(args) -> int:
-    from .evaluate import skip_notice
-    from .report import key_table, summary_table, write_report
-
-    results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k, root=args.root,
-                      cache_dir=args.cache, device=args.device, batch_size=args.batch_size,
-                      num_workers=args.workers, progress=not args.no_progress, seed=args.seed)
-    first = results[0]
-    print(f"{first.dataset}: {first.n_queries} queries, {first.n_gallery} gallery images, k {first.k}, "
-          f"model {first.model}\n")
-    skipped = list(dict.fromkeys(s for r in results for s in r.skipped))  # every run loads the same images
-    print("\n".join(skip_notice(skipped) + [key_table(summary_table(results)), "", KEY_NOTE]))
-    from .cli import write_outputs
-
-    write_outputs(args, {"runs": [r.to_dict() for r in results]},
-                  lambda: write_report(results, args.report, title="Comparison"))
-    return 0
-
-
-def add_compare(sub) -> None:
-    from .cli import add_common
-
-    p = sub.add_parser("compare", help="several configurations on one dataset: one table of quality and speed")
-    add_common(p)
-    p.add_argument("--configs", nargs="+", default=["exact"], metavar="CONFIG",
-                   help='configurations, each "key=value,key=value" of evaluate() options, '
-                        'e.g. exact "index=HNSW32" "hash=itq:64,shortlist=200" (default: exact)')
-    p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write all runs as JSON")
-    p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
-    p.set_defaults(func=run_compare)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import FETCHERS, REGISTRY, default_root, fetch, load
-from .base import DatasetError
-from .revisitop import IMAGE_URLS, load_ground_truth
+from ..datasets import FETCHERS, REGISTRY, default_root, fetch, load
+from ..datasets.base import DatasetError
+from ..datasets.revisitop import IMAGE_URLS, load_ground_truth
 
 
 def _present(name: str, root) -> str:

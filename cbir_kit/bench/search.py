@@ -1,4 +1,6 @@
-"""``cbir bench search``: exact, IVF, HNSW, IVF-PQ and hash shortlist + re-rank, side by side.
+"""Stage 6, timings: ``cbir bench search``, exact, IVF, HNSW, IVF-PQ and hash shortlist side by side (notebooks 02, 04).
+
+``cbir bench search``: exact, IVF, HNSW, IVF-PQ and hash shortlist + re-rank, side by side.
 
 Every method searches the same gallery with the same queries, at each gallery size, in one
 run.  Per method and size it reports:
@@ -53,18 +55,12 @@ import faiss
 import numpy as np
 from sklearn.cluster import KMeans
 
-from .bench import Bench, environment, max_rss_mb
-from .errors import CbirError
-from .index.ann import AnnIndex, recall_vs_exact
-from .index.exact import ExactIndex
-from .index.hashing import HashIndex, ITQHasher
-
-DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
-METHODS = ("flat", "ivf", "hnsw", "ivfpq", "itq64", "itq128")
-NPROBE_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-EF_GRID = (16, 32, 64, 128, 256, 512)
-SHORTLIST_GRID = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
-HASH_FIT_SAMPLE = 100_000  # ITQ is fitted on at most this many gallery vectors (faiss subsamples k-means alike)
+from .harness import Bench, environment, max_rss_mb
+from ..errors import CbirError
+from ..index.ann import AnnIndex, recall_vs_exact
+from ..index.exact import ExactIndex
+from ..index.hashing import HashIndex, ITQHasher
+from .settings import DEFAULT_SIZES, EF_GRID, HASH_FIT_SAMPLE, METHODS, NPROBE_GRID, SHORTLIST_GRID
 
 
 # -- features -------------------------------------------------------------------------------
@@ -152,8 +148,8 @@ def feature_statistics(x: np.ndarray, n: int = 1000, seed: int = 0) -> dict:
 def dataset_features(dataset: str, model: str, root=None, cache_dir=None, device: str = "cpu",
                      progress: bool = True) -> tuple[np.ndarray, str]:
     """Query + gallery features of a dataset (through the feature cache), rows that failed dropped."""
-    from .datasets import load
-    from .features import FeatureCache, create_extractor
+    from ..datasets import load
+    from ..features import FeatureCache, create_extractor
 
     ds = load(dataset, root=root)
     ex = create_extractor(model, device=device)
@@ -474,101 +470,3 @@ def format_result(result: dict) -> str:
     lines += ["", f"machine: {m.get('cpu_count')} CPUs, faiss threads {m.get('faiss_threads')}, "
                   f"torch threads {m.get('torch_threads')}, {m.get('platform')}; peak RSS {m.get('max_rss_mb', 0):.0f} MiB"]
     return "\n".join(lines)
-
-
-def plot_scaling(result: dict):
-    """ms/query against gallery size per method, log-log; batched and single-query panels."""
-    import matplotlib.pyplot as plt
-
-    from . import viz  # noqa: F401  (selects the headless backend outside notebooks)
-
-    frame = results_frame(result)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained", sharey=True)
-    for ax, col, title in zip(axes, ("batched_ms", "single_ms"),
-                              (f"batched ({result['n_queries']} queries per call)", "one query per call")):
-        for i, (name, part) in enumerate(frame.groupby("family", sort=False)):
-            recall = part[f"recall@{result['k']}"].iloc[-1]
-            ax.plot(part["size"], part[col], marker="osD^v*"[i % 6], label=f"{name} ({recall:.2f})")
-        ax.set(xscale="log", yscale="log", xlabel="gallery size", title=title)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].set_ylabel("ms per query")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", fontsize=8,
-               title=f"method (recall@{result['k']}\nat {frame['size'].max():,})", title_fontsize=8)
-    fig.suptitle(f"Search cost against gallery size ({result['dim']}-d, {result['features']['source']} features)")
-    return fig
-
-
-def write_search_report(result: dict, out_dir) -> Path:
-    """``search_bench.md`` with the table and ``search_scaling.png`` in ``out_dir``."""
-    from ._io import write_text
-    from .report import _save, markdown_table
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _save(plot_scaling(result), out / "search_scaling.png")
-    frame = display_frame(result).set_index("size")
-    text = ["# Search benchmark", "", "```", format_result(result), "```", "",
-            markdown_table(frame, digits=3), "", "![ms per query against gallery size](search_scaling.png)", ""]
-    path = out / "search_bench.md"
-    write_text(path, "\n".join(text))
-    return path
-
-
-# -- the command -------------------------------------------------------------------------------
-def run_bench_search(args) -> int:
-    from .features import OFFLINE_MODEL
-
-    if args.features:
-        real, name = file_features(args.features)
-    else:
-        real, name = dataset_features(args.dataset, args.model or OFFLINE_MODEL, root=args.root, cache_dir=args.cache,
-                                      device=args.device, progress=not args.no_progress)
-    try:
-        sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
-    except ValueError as err:
-        raise CbirError(f"--sizes must be comma-separated integers, e.g. 10000,100000; got {args.sizes!r}") from err
-    result = bench_search(real, name, sizes=sizes, dim=args.dim, n_queries=args.queries, k=args.k,
-                          methods=args.methods, target_recall=args.target_recall, repeats=args.repeats,
-                          n_single=args.single_queries, algo2_size=args.algo2_size or None, seed=args.seed,
-                          progress=not args.no_progress)
-    print(format_result(result))
-    from .cli import write_outputs
-
-    write_outputs(args, result, lambda: write_search_report(result, args.report))
-    return 0
-
-
-def add_bench_search(bench_sub) -> None:
-    """Register ``search`` under the ``cbir bench`` sub-parsers."""
-    from .features import OFFLINE_MODEL
-
-    p = bench_sub.add_parser("search", help="exact, IVF, HNSW, IVF-PQ and hash shortlist + re-rank by gallery size")
-    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES),
-                   help="gallery sizes, comma-separated (default: 10000,100000,1000000)")
-    p.add_argument("--dim", type=int, default=256, help="PCA dimension of the benchmark space (default: 256)")
-    p.add_argument("--queries", type=int, default=100, help="measured queries per size (default: 100)")
-    p.add_argument("--single-queries", type=int, default=None,
-                   help="of those, how many are also timed one per call (default: all)")
-    p.add_argument("--k", type=int, default=10, help="recall@k against exact search (default: 10)")
-    p.add_argument("--methods", default=None,
-                   help=f"comma-separated subset of {','.join(METHODS)} (itqBITS for any bits; default: all)")
-    p.add_argument("--target-recall", type=float, default=0.95,
-                   help="knobs (nprobe, efSearch, shortlist) are tuned to reach this recall@k (default: 0.95)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats of each batched search (default: 3)")
-    p.add_argument("--algo2-size", type=int, default=10_000,
-                   help="corpus size of the Algo 2 comparison, 100-d; 0 skips it (default: 10000)")
-    p.add_argument("--dataset", default="demo",
-                   help="real set whose features are used or imitated (default: demo; e.g. corel1k or csv:PATH)")
-    p.add_argument("--model", default=OFFLINE_MODEL, help=f"model for those features (default: {OFFLINE_MODEL})")
-    p.add_argument("--features", default=None, metavar="PATH",
-                   help="a .npy (N, D) feature matrix to use or imitate instead of --dataset/--model")
-    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
-    p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
-    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"],
-                   help="where the network that makes the real features runs (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic features and queries (default: 0)")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
-    p.add_argument("--report", default=None, metavar="DIR", help="write search_bench.md and search_scaling.png into DIR")
-    p.add_argument("--no-progress", action="store_true", help="hide progress lines")
-    p.set_defaults(func=run_bench_search)

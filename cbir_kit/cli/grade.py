@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def _release(args) -> int:
-    from .nbgrade import release
+    from ..grade.nbgrade import release
     release(args.course, progress=True)
     return 0
 
@@ -11,7 +11,7 @@ def _release(args) -> int:
 def _limits(pairs: list[str]) -> dict:
     """``--limit NAME=VALUE`` flags as a dict of sandbox limits (names and types of ``Limits``)."""
     from ..errors import CbirError
-    from .sandbox import Limits
+    from ..grade.sandbox import Limits
 
     out = {}
     for pair in pairs:
@@ -28,7 +28,7 @@ def _limits(pairs: list[str]) -> dict:
 
 
 def _autograde(args) -> int:
-    from .nbgrade import autograde
+    from ..grade.nbgrade import autograde
     rows = autograde(args.submissions, args.course, args.out, cell_timeout=args.cell_timeout,
                      notebook_timeout=args.notebook_timeout, sandbox=args.sandbox,
                      limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s, **_limits(args.limit)})
@@ -48,8 +48,8 @@ def _autograde(args) -> int:
 
 
 def _challenge(args) -> int:
-    from .challenge import run_challenge
-    from .leaderboard import rows
+    from ..grade.challenge import run_challenge
+    from ..grade.leaderboard import rows
     summary = run_challenge(args.submissions, args.dataset, args.out, config=args.config, root=args.root)
     print()
     for r in rows(summary):

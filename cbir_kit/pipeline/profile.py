@@ -1,4 +1,6 @@
-"""The course's one switch: ``CBIR_PROFILE`` picks the data and sizes every notebook uses.
+"""The pipeline: the course's one switch, ``CBIR_PROFILE`` picks the data and sizes of every notebook (notebook 00).
+
+The course's one switch: ``CBIR_PROFILE`` picks the data and sizes every notebook uses.
 
 ``CBIR_PROFILE=ci``   offline and small: the embedded ``demo`` near-duplicate photos and a
                       class-stratified subset of scikit-learn's ``digits`` stand in for the
@@ -22,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .datasets import Dataset, DatasetError, load
-from .datasets.base import default_root
-from .features import FeatureCache, OFFLINE_MODEL, create_extractor
+from ..datasets import Dataset, DatasetError, load
+from ..datasets.base import default_root
+from ..features import FeatureCache, OFFLINE_MODEL, create_extractor
 
 ENV = "CBIR_PROFILE"
 
@@ -111,7 +113,7 @@ def require(*roles: str, profile: Profile | None = None, root=None, fallback: bo
     learns to fetch) nothing is downloaded: the offline stand-in of the ``ci`` profile plays a missing
     role instead, and it says so.
     """
-    from .datasets import FETCHERS, fetch
+    from ..datasets import FETCHERS, fetch
 
     profile = profile or get_profile()
     used, missing = {}, []

@@ -1,4 +1,6 @@
-"""The optional retrieval methods of ``cbir evaluate``, run on the features of one evaluation.
+"""The pipeline: the optional stages of ``evaluate()``, run on the features of one evaluation (notebooks 02-07).
+
+The optional retrieval methods of ``cbir evaluate``, run on the features of one evaluation.
 
 Order of the stages (each optional, each timed):
 
@@ -19,13 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics as M
-from .errors import CbirError
-from .index import ExactIndex
-from .index.ann import AnnIndex, recall_vs_exact
-from .index.hashing import HashIndex, make_hasher, shortlist_recall
-from .rerank import database_augmentation, k_reciprocal_rerank_features, parse_qe, query_expansion
-from .threshold import calibrate, calibration_split, retrieval_metrics
+from ..evaluation import metrics as M
+from ..errors import CbirError
+from ..index import ExactIndex
+from ..index.ann import AnnIndex, recall_vs_exact
+from ..index.hashing import HashIndex, make_hasher, shortlist_recall
+from ..rerank import database_augmentation, k_reciprocal_rerank_features, parse_qe, query_expansion
+from ..threshold.rules import calibrate, calibration_split, retrieval_metrics
 
 
 @dataclass
@@ -117,7 +119,7 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
         exact_top, _ = _drop_own(exact_top, np.zeros(exact_top.shape))
 
     if methods.tta:
-        from .features.tta import TTAExtractor, parse_tta
+        from ..features.tta import TTAExtractor, parse_tta
 
         if extractor is None or cache is None:
             raise CbirError("--tta needs the extractor and the feature cache of the evaluation")

@@ -29,8 +29,11 @@ from torch import nn
 
 from .._io import atomic_path
 from ..errors import CbirError
-from .data import held_out_masks
+from ..datasets.splits import held_out_masks
+from .embedding_net import build_embedding_net
 from .heads import build_head
+from .models import Backbone
+from .specs import parse_model
 
 HEAD_FORMAT = 1
 FINETUNED_FORMAT = "finetuned-1"
@@ -146,9 +149,7 @@ def apply_hold_out(trained_fingerprints, ds, queries, gallery, what: str):
 
 def finetuned_hold_out(spec: str, ds, queries, gallery):
     """:func:`apply_hold_out` with the training images recorded in the ``finetuned:PATH`` file ``spec``."""
-    from ..features.models import FINETUNED_PREFIX
-
-    protocol = read_finetuned(spec[len(FINETUNED_PREFIX):]).get("protocol", {})
+    protocol = read_finetuned(parse_model(spec).path).get("protocol", {})
     return apply_hold_out(protocol.get("trained_fingerprints"), ds, queries, gallery, spec)
 
 
@@ -177,8 +178,6 @@ def read_finetuned(path) -> dict:
 
 def load_finetuned(path) -> nn.Module:
     """Rebuild the network of a fine-tuned network file, in eval mode (``.preprocess`` attached)."""
-    from .backbone import build_embedding_net
-
     payload = read_finetuned(path)
     base = payload["base"]
     try:
@@ -188,3 +187,9 @@ def load_finetuned(path) -> nn.Module:
     except (KeyError, ValueError, RuntimeError) as err:
         raise CbirError(f"--model finetuned:{path} is damaged ({err}); fine-tune again with `cbir finetune`") from err
     return net.eval()
+
+
+def build_finetuned(spec: str) -> Backbone:
+    """The :class:`~cbir_kit.features.models.Backbone` of a ``finetuned:PATH`` spec."""
+    net = load_finetuned(parse_model(spec).path)
+    return Backbone(net, net.preprocess, net.head.out_dim, spec, channels_last=not net.tokens)

@@ -1,4 +1,6 @@
-"""Thresholded retrieval: a static threshold and the dynamic per-gallery threshold.
+"""Stage 5, threshold: static and dynamic thresholds and their calibration (notebook 05).
+
+Thresholded retrieval: a static threshold and the dynamic per-gallery threshold.
 
 Input: a distance matrix ``dist`` (Q, G), lower = more similar (e.g. Euclidean distances
 of L2-normalised features, as in the CSoNet 2024 paper "Dynamic Threshold for Image
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics as M
-from .errors import CbirError
+from ..evaluation import metrics as M
+from ..errors import CbirError
 
 
 def _check_dist(dist) -> np.ndarray:

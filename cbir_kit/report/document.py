@@ -1,9 +1,11 @@
-"""Tables (pandas) and the Markdown report of one or more evaluations.
+"""Stage 7, report: tables (pandas) and the Markdown report of one or more evaluations (notebook 03).
+
+Tables (pandas) and the Markdown report of one or more evaluations.
 
 * :func:`summary_table`: one row per method, quality and speed side by side.
 * :func:`key_table`: its key columns as text that fits a terminal (what ``cbir compare`` prints).
 * :func:`revisitop_table`: mAP and mP@k per revisitop setting (x100).
-* :func:`write_report`: ``report.md`` with the tables and PNG plots from :mod:`cbir_kit.viz`
+* :func:`write_report`: ``report.md`` with the tables and PNG plots from :mod:`cbir_kit.report.plots`
   (precision-recall, mAP and latency per method, recall against latency when ANN/hash
   settings are present, F1 against threshold when threshold curves are present, best and
   worst queries).  ``cbir evaluate --report DIR`` and ``cbir compare --report DIR`` call it.
@@ -19,10 +21,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
-from ._io import atomic_path, write_text
-from .bench import Bench
-from .errors import CbirError
+from ..evaluation import metrics as M
+from .._io import atomic_path, write_text
+from ..bench.harness import Bench
+from ..errors import CbirError
 
 QUALITY = ("mAP", "P@1", "P@5", "P@10", "R@10", "precision", "recall", "f1")
 SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "query_ms_per_query", "total_s")
@@ -31,7 +33,7 @@ KEY_COLUMNS = {"mAP": "mAP", "P@10": "P@10", "recall": "recall", "f1": "F1", "qu
 
 
 def _labels(results, labels):
-    from .viz import _labels as viz_labels
+    from .plots import _labels as viz_labels
 
     return viz_labels(results, labels)
 
@@ -59,7 +61,7 @@ def key_table(table: pd.DataFrame, width: int = 100, cell: int = 10) -> str:
 
     One line per method; a method name longer than the room left is cut with "...".
     """
-    from .viz import shorten
+    from .plots import shorten
 
     columns = [c for c in KEY_COLUMNS if c in table.columns]
     label = table.index.name or "method"
@@ -136,7 +138,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
     plot (e.g. static and dynamic from the threshold module); the static curve of the first
     result is used when none is given.  The query grid shows the first result.
     """
-    from . import viz
+    from . import plots
 
     results = list(results) if isinstance(results, (list, tuple)) else [results]
     if not results:
@@ -158,23 +160,23 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                "Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard. Hard: ok = hard, junk = junk + easy. "
                "Trapezoidal AP with junk removed; mP@k divides by min(k, position of the last positive).", "",
                markdown_table(rv, digits=2), ""]
-    plots = [("pr_curve.png", "Precision-recall over k", lambda: viz.plot_pr_curve(results, names))]
-    plots.append(("methods.png", "mAP and query latency (expansion + search + re-ranking) per method",
-                  lambda: viz.plot_methods(table)))
+    figures = [("pr_curve.png", "Precision-recall over k", lambda: plots.plot_pr_curve(results, names))]
+    figures.append(("methods.png", "mAP and query latency (expansion + search + re-ranking) per method",
+                    lambda: plots.plot_methods(table)))
     speed_table = _ann_or_hash_rows(results, table)
     if speed_table is not None:
-        plots.append(("recall_vs_latency.png", "Recall of the exact top-k against latency (ANN / hash settings)",
-                      lambda: viz.plot_recall_vs_latency(speed_table, recall=f"recall@{first.k}_vs_exact")))
+        figures.append(("recall_vs_latency.png", "Recall of the exact top-k against latency (ANN / hash settings)",
+                        lambda: plots.plot_recall_vs_latency(speed_table, recall=f"recall@{first.k}_vs_exact")))
     curves = dict(threshold_curves or {})
     if not curves and "over_threshold" in first.curves:
         curves = {"static": first.curves["over_threshold"]}
     if curves:
-        plots.append(("f1_threshold.png", "F1 against the threshold", lambda: viz.plot_f1_vs_threshold(curves)))
+        figures.append(("f1_threshold.png", "F1 against the threshold", lambda: plots.plot_f1_vs_threshold(curves)))
     if first.ds is not None and first.ranked_ids is not None and first.per_query_ap is not None:
-        plots.append(("queries.png", f"Best and worst queries ({names[0]}): green relevant, red not",
-                      lambda: viz.plot_query_grid(first, n_best=n_best, n_worst=n_worst, k=grid_k)))
+        figures.append(("queries.png", f"Best and worst queries ({names[0]}): green relevant, red not",
+                        lambda: plots.plot_query_grid(first, n_best=n_best, n_worst=n_worst, k=grid_k)))
     md += ["## Plots", ""]
-    for fname, caption, make in plots:
+    for fname, caption, make in figures:
         _save(make(), out / fname)
         md += [f"### {caption}", "", f"![{caption}]({fname})", ""]
     if any(r.skipped for r in results):
@@ -234,7 +236,7 @@ def hash_project_table(methods: Mapping[str, Callable[[np.ndarray], np.ndarray]]
 
 def exact_search(gallery: np.ndarray, k: int) -> Callable[[np.ndarray], np.ndarray]:
     """"Algo 2": cosine top-k over L2-normalised features (one matrix product); returns ids."""
-    from .index import ExactIndex
+    from ..index import ExactIndex
 
     index = ExactIndex("ip").fit(gallery)
     return lambda q: index.search(q, k)[1]

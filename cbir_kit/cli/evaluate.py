@@ -1,0 +1,67 @@
+"""The ``cbir evaluate`` command: dataset -> features -> index -> search -> metrics and timings.
+
+The work is :func:`cbir_kit.pipeline.job.evaluate` (notebooks 01 and 03); the method flags map
+onto :class:`cbir_kit.pipeline.stages.Methods`.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .common import add_common, write_outputs
+
+
+def run_evaluate(args) -> int:
+    from ..pipeline.job import evaluate
+
+    result = evaluate(dataset=args.dataset, model=args.model, k=args.k, root=args.root, cache_dir=args.cache,
+                      device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                      progress=not args.no_progress, seed=args.seed, head=args.head,
+                      methods=methods_from_args(args))
+    print(result.table())
+    if "exact_metrics" in result.config:
+        exact = result.config["exact_metrics"]
+        print("\nexact Flat on the same features: " + "  ".join(
+            f"{name} {exact[name]:.4f}" for name in ("mAP", "P@1", "P@10", "R@10") if name in exact))
+    from ..report.document import write_report
+
+    write_outputs(args, result.to_dict(), lambda: write_report(result, args.report))
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="dataset -> features -> index -> search -> metrics and timings")
+    add_common(p)
+    p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
+    p.add_argument("--head", default=None, metavar="PATH",
+                   help="a head from `cbir train`: applied to the frozen features; its training images are left out")
+    add_method_flags(p)
+    p.set_defaults(func=run_evaluate)
+
+
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    """The retrieval-method flags of `cbir evaluate` (cbir_kit.retrieval.Methods)."""
+    g = p.add_argument_group("retrieval methods (each compared with exact Flat search on the same run)")
+    g.add_argument("--index", default="Flat", help="faiss index_factory string: Flat, IVF256,Flat, HNSW32, IVF256,PQ32")
+    g.add_argument("--nprobe", type=int, default=None, help="IVF: inverted lists scanned per query")
+    g.add_argument("--ef-search", type=int, default=None, help="HNSW: search beam width (efSearch)")
+    g.add_argument("--hash", default=None, metavar="METHOD:BITS", help="hash shortlist: itq:64, lsh:64 or pca:64")
+    g.add_argument("--shortlist", type=int, default=None, metavar="M", help="hash shortlist size (default: 2k)")
+    g.add_argument("--rerank", default=None, choices=["kreciprocal"], help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    g.add_argument("--qe", default=None, metavar="SPEC", help="query expansion: aqe:N or alpha:A:N")
+    g.add_argument("--dba", type=int, default=None, metavar="N", help="database-side augmentation with N neighbours")
+    g.add_argument("--tta", default=None, choices=["flip", "ms", "flip+ms"], help="test-time augmentation of the queries")
+    g.add_argument("--tta-gallery", action="store_true", help="apply --tta to the gallery too")
+    g.add_argument("--threshold", default=None, choices=["static", "dynamic"],
+                   help="thresholded retrieval, calibrated on a seeded split of the queries, evaluated on the rest")
+    g.add_argument("--calibration-fraction", type=float, default=0.5, help="share of queries used to calibrate --threshold")
+
+
+def methods_from_args(args):
+    from ..pipeline.stages import Methods
+
+    return Methods(index=args.index, nprobe=args.nprobe, ef_search=args.ef_search, hash=args.hash,
+                   shortlist=args.shortlist, rerank=args.rerank, qe=args.qe, dba=args.dba, tta=args.tta,
+                   tta_gallery=args.tta_gallery, threshold=args.threshold,
+                   calibration_fraction=args.calibration_fraction)

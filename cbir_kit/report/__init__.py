@@ -1,0 +1,3 @@
+"""Stage 7, report: tables and the Markdown report (:mod:`.document`), plots (:mod:`.plots`),
+the search benchmark's page (:mod:`.search_bench`) and the notebook explorer widget
+(:mod:`.explorer`); taught from notebook 02 on."""
