@@ -1,4 +1,4 @@
-"""cbir_kit: a teaching toolkit for content-based image retrieval.
+"""Ground floor: cbir_kit, a teaching toolkit for content-based image retrieval (notebook 00 starts the course).
 
 The pipeline is the folder structure, one package per stage in pipeline order:
 ``datasets`` (1) -> ``features`` (2) -> ``index`` (3) -> ``rerank`` (4) -> ``threshold`` (5)

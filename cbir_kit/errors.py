@@ -1,4 +1,4 @@
-"""Errors the toolkit raises on purpose: each message names the file or argument and the fix.
+"""Ground floor: the errors the toolkit raises on purpose; each message names the file or argument and the fix.
 
 The ``cbir`` command prints these as one clear line (no traceback); anything else is a bug.
 """

@@ -1,7 +1,5 @@
 """Stage 6, timings: ``cbir bench search``, exact, IVF, HNSW, IVF-PQ and hash shortlist side by side (notebooks 02, 04).
 
-``cbir bench search``: exact, IVF, HNSW, IVF-PQ and hash shortlist + re-rank, side by side.
-
 Every method searches the same gallery with the same queries, at each gallery size, in one
 run.  Per method and size it reports:
 

@@ -1,4 +1,4 @@
-"""``python -m cbir_kit.cli``: the ``cbir`` command."""
+"""The ``cbir`` command as ``python -m cbir_kit.cli``."""
 import sys
 
 from .app import main

@@ -1,4 +1,4 @@
-"""The options and outputs every data-and-model command of ``cbir`` shares (DESIGN.md's contract)."""
+"""The ``cbir`` command: the options and outputs every data-and-model sub-command shares (DESIGN.md's contract)."""
 from __future__ import annotations
 
 import argparse

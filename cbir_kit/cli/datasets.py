@@ -1,4 +1,4 @@
-"""``cbir datasets``: list the registered datasets, fetch one, or describe any dataset spec.
+"""The ``cbir datasets`` command: list the registered datasets, fetch one, or describe any dataset spec.
 
 * ``cbir datasets list [--root DIR]``: every registered name, whether it is present under the
   data root, and what it is.

@@ -1,4 +1,4 @@
-"""``cbir grade``: release and autograde the nbgrader course, run the retrieval challenge."""
+"""The ``cbir grade`` command: release and autograde the nbgrader course, run the retrieval challenge."""
 from __future__ import annotations
 
 

@@ -1,4 +1,4 @@
-"""``cbir train`` (a head on cached frozen features) and ``cbir finetune`` (the whole backbone), held-out metrics."""
+"""The ``cbir train`` (a head on cached frozen features) and ``cbir finetune`` (the whole backbone) commands."""
 from __future__ import annotations
 
 from ..train.recipes import LOSSES

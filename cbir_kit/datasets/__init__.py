@@ -1,4 +1,4 @@
-"""Datasets: ``load(spec, root=None)`` returns a :class:`Dataset` for any supported source.
+"""Stage 1, datasets: ``load(spec, root=None)`` returns a :class:`Dataset` for any supported source (notebook 00).
 
 ``spec`` is a registered name (see :data:`REGISTRY`), ``folder:PATH`` (one sub-folder per
 class, leave-one-out; a folder holding ``query/`` and ``gallery/`` is read as the

@@ -1,4 +1,4 @@
-"""Animals-10 (Kaggle ``alessiocorrado99/animals10``) with a fixed, seeded query/gallery split.
+"""Stage 1, datasets: Animals-10 (Kaggle ``alessiocorrado99/animals10``) with a fixed, seeded split (notebook 00).
 
 The Kaggle archive unzips to ``raw-img/<italian class name>/<image>``; the folder names map to
 English class names (:data:`ITALIAN_TO_ENGLISH`).  Files live in ``<root>/animals10/``.

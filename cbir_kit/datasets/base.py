@@ -1,4 +1,4 @@
-"""The one object every dataset loader returns, and the data-root convention."""
+"""Stage 1, datasets: the one object every dataset loader returns, and the data-root convention (notebook 00)."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,6 @@
-"""CIFAR-100 (python version): download, verify, extract, and serve images from the arrays.
+"""Stage 1, datasets: CIFAR-100 (python version), downloaded, verified, served from the arrays (notebooks 00, 04).
+
+CIFAR-100 (python version): download, verify, extract, and serve images from the arrays.
 
 The official archive ``cifar-100-python.tar.gz`` (MD5 ``eb9058c3a382ffc7106e4002c42a8d85``)
 holds three pickles in ``cifar-100-python/``: ``train`` (50,000 images) and ``test``

@@ -1,4 +1,6 @@
-"""Corel-1K (Wang's "image.orig" set): 1,000 photos, 10 classes of 100, in the CBIR course layout.
+"""Stage 1, datasets: Corel-1K (Wang's "image.orig" set), 1,000 photos in 10 classes, the course layout (notebook 00).
+
+Corel-1K (Wang's "image.orig" set): 1,000 photos, 10 classes of 100, in the CBIR course layout.
 
 Expected at ``<root>/corel1k/`` in the query/gallery layout: ``query/`` (10 per class),
 ``gallery/`` (90 per class) and ``labels.csv`` (``split,path,label``, paths relative to that

@@ -1,4 +1,4 @@
-"""Embedded offline datasets, built from images that ship inside installed packages.
+"""Stage 1, datasets: embedded offline datasets, built from images that ship inside installed packages (notebook 00).
 
 ``demo``   Near-duplicate retrieval.  18 real photographs (scikit-image's sample images and
            scikit-learn's two sample photos).  Each photo gets six seeded edits — crop,

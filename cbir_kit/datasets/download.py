@@ -1,4 +1,4 @@
-"""Safe downloads and safe archive extraction.
+"""Stage 1, datasets: safe downloads and safe archive extraction (notebook 00).
 
 :func:`download` fetches one URL to one file:
 

@@ -1,4 +1,4 @@
-"""Opening images safely: every image the toolkit embeds goes through :func:`open_image`.
+"""Stage 1, datasets: opening images safely; every image the toolkit embeds goes through :func:`open_image` (notebook 01).
 
 An *image reference* is either a path (``str`` / ``pathlib.Path``), an already decoded
 ``PIL.Image.Image``, or any object with an ``open() -> PIL.Image.Image`` method (used by

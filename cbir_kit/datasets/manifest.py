@@ -1,4 +1,4 @@
-"""Generic layouts: ``csv:PATH`` manifests and ``folder:PATH`` class folders.
+"""Stage 1, datasets: generic layouts, ``csv:PATH`` manifests and ``folder:PATH`` class folders (notebook 00).
 
 CSV manifest: columns ``split,path,label``; ``split`` is ``query`` or ``gallery``; paths
 are relative to the CSV's folder (absolute paths are kept as they are).

@@ -1,4 +1,6 @@
-"""Revisited Oxford 5k (``roxford5k``) and Paris 6k (``rparis6k``), as distributed by revisitop.
+"""Stage 1, datasets: Revisited Oxford 5k and Paris 6k and their easy/hard/junk ground truth (notebook 07).
+
+Revisited Oxford 5k (``roxford5k``) and Paris 6k (``rparis6k``), as distributed by revisitop.
 
 Layout under ``<root>/<name>/``: ``gnd_<name>.pkl`` (the ground truth) and ``jpg/<image>.jpg``
 (all images in one flat folder).  The pickle holds ``imlist`` (database image names, no

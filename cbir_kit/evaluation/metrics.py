@@ -1,7 +1,5 @@
 """Stage 6, evaluation: retrieval metrics, each with its formula; plain numpy (notebook 03).
 
-Retrieval metrics, each with its formula.  All take plain numpy arrays.
-
 Notation: for one query, ``rel[r] = 1`` if the item at rank ``r`` (1-based) is relevant,
 ``R`` = the number of relevant items in the gallery (the query itself never counts).
 

@@ -1,7 +1,5 @@
 """Stage 6, evaluation: the Revisited Oxford / Paris protocol (Radenović et al., CVPR 2018; notebook 07).
 
-The Revisited Oxford / Paris evaluation protocol (Radenović et al., CVPR 2018).
-
 Ground truth per query (``gnd[i]``, the revisitop pickle format): gallery ids in ``easy``,
 ``hard`` and ``junk`` (plus the query box ``bbx``).  Three settings decide which ids are
 positives ("ok") and which are ignored ("junk"):

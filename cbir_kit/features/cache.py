@@ -1,4 +1,4 @@
-"""On-disk feature cache: streaming, resumable, verified, safe for concurrent processes.
+"""Stage 2, features: the on-disk feature cache, streaming, resumable, verified, safe for concurrent processes (notebook 01).
 
 key = blake2b(format, model spec, weights, preprocessing, precision, content hash of every
 image in order).  A complete entry is two files in the cache folder:

@@ -1,4 +1,4 @@
-"""A trained head as one file, and applying it at evaluation time.
+"""Stage 2, features: a trained head or fine-tuned network as one file, applied at evaluation time (notebook 08).
 
 The file is ``torch.save`` of a plain dict (loaded back with ``weights_only=True``, so
 opening a head file never runs code)::

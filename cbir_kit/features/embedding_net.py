@@ -1,4 +1,4 @@
-"""Stage 2, features: the fine-tuned embedding network (backbone trunk -> GeM -> projection head).
+"""Stage 2, features: the fine-tuned embedding network, backbone trunk -> GeM -> projection head (notebook 08).
 
 Taught in notebook 08.  The network (the CLIP-retrieval project's recipe)::
 

@@ -1,4 +1,4 @@
-"""Batched, streaming feature extraction tuned for a laptop CPU (and a GPU when there is one).
+"""Stage 2, features: batched, streaming extraction tuned for a laptop CPU, and a GPU when there is one (notebook 01).
 
 ``Extractor.extract(images)`` returns :class:`Features`: one L2-normalised float32 row per
 image, ``f_i = phi(x_i) / ||phi(x_i)||_2``, so the inner product of two rows is their cosine

@@ -1,4 +1,4 @@
-"""Small networks trained on top of frozen features.
+"""Stage 2, features: the small networks trained on top of frozen features, applied at query time (notebook 08).
 
 :class:`ProjectionHead` (the CLIP-retrieval project's head)::
 

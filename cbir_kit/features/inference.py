@@ -1,4 +1,4 @@
-"""Inference-only rewrites of a network: BatchNorm folding and oneDNN freezing on the CPU.
+"""Stage 2, features: inference-only rewrites of a network, BatchNorm folding and oneDNN freezing (notebook 01).
 
 Both give the same function up to float rounding (about 1e-6 on L2-normalised features);
 the network the rewrite started from is left untouched.

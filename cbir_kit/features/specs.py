@@ -1,4 +1,4 @@
-"""Stage 2, features: the one parser of model specs (torch-free, so the ``cbir`` command can use it).
+"""Stage 2, features: the one parser of model specs, torch-free so the ``cbir`` command can use it (notebook 01).
 
 Taught in notebook 01.  A model spec is one string:
 

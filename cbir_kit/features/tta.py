@@ -1,4 +1,6 @@
-"""Test-time augmentation (TTA): embed several views of each image and average them.
+"""Stage 2, features: test-time augmentation, several views of each image embedded and averaged (notebook 06).
+
+Test-time augmentation (TTA): embed several views of each image and average them.
 
 f_TTA(x) = normalise( sum_{v in views} f(v(x)) ),  f = the extractor's L2-normalised embedding,
 

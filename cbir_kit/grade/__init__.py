@@ -1,4 +1,4 @@
-"""Instructor grading: nbgrader autograding of the course notebooks and the retrieval challenge.
+"""Instructor side: nbgrader autograding of the course notebooks and the retrieval challenge.
 
 * :mod:`.nbgrade`      ``cbir grade release`` / ``cbir grade autograde`` around nbgrader;
 * :mod:`.challenge`    ``cbir grade challenge``: hidden-split retrieval challenge, timed and scored;

@@ -1,4 +1,4 @@
-"""The challenge's reference submission: efficientnet_lite0 features and exact inner-product search.
+"""Instructor side: the challenge's reference submission, efficientnet_lite0 features and exact inner-product search.
 
 It is graded exactly like a student's submission (same sandbox, same machine, same session),
 and its time is the unit of the speed score.  Images that fail to decode get a zero vector,

@@ -1,4 +1,4 @@
-"""Memory and process limits for a whole sandbox, with a Linux control group when the grader may make one.
+"""Instructor side: memory and process limits for a whole sandbox, with a control group when the grader may make one.
 
 ``RLIMIT_AS`` and ``RLIMIT_NPROC`` (:mod:`cbir_kit.grade.confine`) bound each *process*: a submission
 that starts eight processes may use eight times the memory, and the process count is per user.  A

@@ -1,4 +1,4 @@
-"""The retrieval challenge: run every submission on a hidden query split, time it, score it.
+"""Instructor side: the retrieval challenge, every submission run on a hidden query split, timed and scored.
 
 A submission is a Python module (``<student>.py``, ``<student>/submission.py``, the only ``.py``
 in ``<student>/``, or a notebook ``<student>/*.ipynb`` whose code cells are joined into one) with::
@@ -66,12 +66,12 @@ from PIL import Image
 from ..errors import CbirError
 from ..evaluation.metrics import mean_average_precision, relevance_matrix, set_metrics
 from . import scoring
+from .scoring import BASELINE_NAME
 from .runner import pack_answer
 from .sandbox import Limits, Sandbox, SandboxSpec, kill_group
 
 RUNNER = Path(__file__).with_name("runner.py")
 BASELINE = Path(__file__).with_name("baseline.py")
-BASELINE_NAME = "(baseline)"
 SUB_DIR = "/sandbox/submission"
 DATA_DIR = "/sandbox/data"
 MAX_REPLY_BYTES = 256 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Last step before untrusted code runs: drop privileges, set resource limits, exec the target.
+"""Instructor side, inside the sandbox: drop privileges, set resource limits, exec the untrusted target.
 
 Run as a plain script with the interpreter's isolated mode (``python -I confine.py LIMITS -- ARGV``)
 inside the sandbox, so it imports only the standard library.  ``LIMITS`` is a JSON object:

@@ -1,4 +1,4 @@
-"""The course's own settings (``course.toml`` in the nbgrader course folder): grading side of the course.
+"""Instructor side: the course's own settings (``course.toml`` in the nbgrader course folder).
 
 An nbgrader course needs ``source/<assignment>/<notebook>.ipynb``.  In cbir_kit the instructor
 notebooks live in ``notebooks/`` (the only source of truth, executed by CI), so ``course.toml``

@@ -1,4 +1,4 @@
-"""nbgrader feedback that teaches without leaking hidden tests.
+"""Instructor side: nbgrader feedback that teaches without leaking hidden tests.
 
 nbgrader's autograded notebooks contain the hidden tests again (they had to run), and a
 failed hidden test's traceback quotes its code.  For the feedback HTML, cells that hold a

@@ -1,4 +1,4 @@
-"""The grading kernel's guard: the tests run where student code cannot see, patch or skip them.
+"""Instructor side, inside the grading kernel: the tests run where student code cannot see, patch or skip them.
 
 :mod:`cbir_kit.grade.isolate` grades a notebook in a fresh kernel whose cells are stubs; this module
 runs inside that kernel.  :func:`install` (the first cell) reads the cells from a file the grader
@@ -59,6 +59,7 @@ REFUSED_SETATTR = frozenset({"__code__", "__defaults__", "__kwdefaults__"})
 REFUSED_NEAR_STUDENT_CODE = frozenset({"sys._getframe", "sys._current_frames", "gc.get_referrers",
                                        "gc.get_referents", "gc.get_objects", "sys.settrace", "sys.setprofile",
                                        "code.__new__", "function.__new__", "cbir.guard.run", "cbir.guard.define"})
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))   # the cbir_kit folder
 # imported before the first check, as the notebooks' own imports would: a library that a student's
 # function imports for the first time is then never mistaken for one the student changed
 PRELOAD = ("cbir_kit.pipeline.job", "cbir_kit.pipeline.stages")
@@ -86,9 +87,8 @@ def _is_surface(name: str) -> bool:
 
 
 def _trusted_roots(cell_prefix: str) -> tuple[str, ...]:
-    import cbir_kit
     roots = {os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    roots.add(os.path.dirname(os.path.realpath(cbir_kit.__file__)) + os.sep)
+    roots.add(PACKAGE_DIR + os.sep)
     return (*sorted(roots), "<frozen ", cell_prefix)
 
 

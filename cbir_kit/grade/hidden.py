@@ -1,4 +1,6 @@
-"""Tools for the course's hidden tests: name the misconception a failure reveals, check the student's own work.
+"""Instructor side: tools for hidden tests, naming the misconception a failure reveals.
+
+Tools for the course's hidden tests: name the misconception a failure reveals, check the student's own work.
 
 A hidden test that detects a known mistake raises :class:`Misconception` with a key from the
 catalogue ``notebooks/misconceptions.toml``; the feedback (:mod:`cbir_kit.grade.feedback`) shows

@@ -1,4 +1,6 @@
-"""Autograde in a fresh kernel that loads only the student's definitions (the tests stay out of reach).
+"""Instructor side: autograde in a fresh kernel that loads only the student's definitions.
+
+Autograde in a fresh kernel that loads only the student's definitions (the tests stay out of reach).
 
 nbgrader's ``Execute`` runs the submitted notebook as it is, in one kernel, tests included, so a
 student's cell can install an input transformer that turns every ``assert`` into ``pass``, patch what

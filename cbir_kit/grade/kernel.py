@@ -1,4 +1,4 @@
-"""A Jupyter kernel that runs inside the sandbox: what nbgrader executes student notebooks with.
+"""Instructor side, inside the sandbox: the Jupyter kernel nbgrader executes student notebooks with.
 
 ``cbir grade autograde`` installs a private kernelspec (``cbir-sandbox``) whose command is
 ``python -m cbir_kit.grade.kernel {connection_file} [ipykernel args]``.  This launcher runs in

@@ -1,4 +1,6 @@
-"""Leaderboard files of a challenge run: ``leaderboard.csv``, ``leaderboard.html``, ``results.json``.
+"""Instructor side: the leaderboard files of a challenge run (``leaderboard.csv``, ``.html``, ``results.json``).
+
+Leaderboard files of a challenge run: ``leaderboard.csv``, ``leaderboard.html``, ``results.json``.
 
 Rows are sorted by score (high first); failed submissions come last with their reason.  The
 HTML page embeds a quality-vs-speed scatter plot (PNG) and states
@@ -13,6 +15,7 @@ import io
 from pathlib import Path
 
 from .._io import write_json, write_text
+from .scoring import BASELINE_NAME
 from .text import REASON_LIMIT, plot_label, spreadsheet_safe
 
 COLUMNS = ["rank", "student", "status", "score", "quality", "precision", "recall", "f1", "mAP",
@@ -84,7 +87,6 @@ def _formula(cfg: dict) -> str:
 
 def write_leaderboard(summary: dict, out_dir: Path) -> dict[str, Path]:
     """Write the three files into ``out_dir`` (each atomically) and return their paths."""
-    from .challenge import BASELINE_NAME
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for r in summary["results"]:   # a reason can be megabytes of a submission's output: keep its head

@@ -1,4 +1,4 @@
-"""Score a challenge submission on your own split, the way ``cbir grade challenge`` scores it.
+"""Instructor side, for students: score a challenge submission on your own split, the way the grader does.
 
 For students: run the baseline and your ``submission.py`` on a labelled split of your own and
 get the grader's numbers before you hand in (notebook 09, section 6)::

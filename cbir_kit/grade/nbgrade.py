@@ -1,4 +1,4 @@
-"""``cbir grade release`` and ``cbir grade autograde``: the nbgrader course, graded in one command.
+"""Instructor side: ``cbir grade release`` and ``cbir grade autograde``, the nbgrader course graded in one command.
 
 The course is an nbgrader course directory (default ``grading/``): ``nbgrader_config.py`` and
 ``source/<assignment>/<notebook>.ipynb`` (instructor versions with nbgrader metadata).

@@ -1,4 +1,6 @@
-"""The in-sandbox side of the retrieval challenge: loads one submission and serves the grader.
+"""Instructor side, inside the sandbox: loads one challenge submission and serves the grader.
+
+The in-sandbox side of the retrieval challenge: loads one submission and serves the grader.
 
 Run as a plain script (``python runner.py MODULE_PATH REPLY_FD``) inside the sandbox; it imports only the
 standard library itself.  The grader starts a fresh one for every run (import, build, retrieve once

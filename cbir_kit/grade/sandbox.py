@@ -1,4 +1,4 @@
-"""Run untrusted student code in its own process, confined.
+"""Instructor side: run untrusted student code in its own process, confined.
 
 Two levels, chosen once per grading run (:func:`resolve_mode`):
 
@@ -111,8 +111,7 @@ def resolve_mode(mode: str = "auto") -> tuple[str, str]:
 def _python_roots() -> list[Path]:
     """The Python installation (venv and base) and packages the grader imports from outside it."""
     roots = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), Path(sys.exec_prefix).resolve()}
-    import cbir_kit
-    roots.add(Path(cbir_kit.__file__).resolve().parent)  # editable installs live in the repository
+    roots.add(Path(__file__).resolve().parents[1])  # the cbir_kit folder: editable installs live in the repository
     return sorted(roots)
 
 

@@ -1,4 +1,4 @@
-"""Challenge configuration (a TOML file the instructor edits) and the score formula.
+"""Instructor side: the challenge configuration (a TOML file the instructor edits) and the score formula.
 
 Score of one submission (0 to 100; a failed submission scores 0)::
 
@@ -44,6 +44,8 @@ from pathlib import Path
 
 from ..errors import CbirError
 from .sandbox import MODES, Limits
+
+BASELINE_NAME = "(baseline)"   # the reference submission's row in every table
 
 QUALITY_METRICS = ("precision", "recall", "f1", "mAP")
 TIME_PARTS = ("build", "retrieve")

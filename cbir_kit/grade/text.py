@@ -1,4 +1,4 @@
-"""Text that comes from submissions (names, failure reasons), made safe for the instructor's tools.
+"""Instructor side: text that comes from submissions (names, failure reasons), made safe for the instructor's tools.
 
 * :func:`spreadsheet_safe`: a CSV cell a spreadsheet shows as text, never runs as a formula
   (a leading ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a ``'``), cut at ``limit``;

@@ -1,4 +1,4 @@
-"""Approximate nearest-neighbour (ANN) search through faiss ``index_factory`` strings.
+"""Stage 3, index: approximate nearest-neighbour search from faiss ``index_factory`` strings (notebook 02).
 
 One string names the index (faiss's own grammar):
 

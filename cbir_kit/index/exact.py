@@ -1,4 +1,4 @@
-"""Exact k-nearest-neighbour search: a faiss wrapper and a plain numpy reference.
+"""Stage 3, index: exact k-nearest-neighbour search, a faiss wrapper and a plain numpy reference (notebook 02).
 
 Similarity is the inner product s(q, g) = q . g (the cosine similarity for L2-normalised
 features; metric ``"ip"``), or the negated squared Euclidean distance

@@ -1,4 +1,4 @@
-"""Retrieval with the binary-hash project's codes and semantic embeddings.
+"""Stage 3, index: retrieval with the binary-hash project's codes and semantic embeddings (notebook 04).
 
 Codes here are unpacked 0/1 arrays (N, B) as :meth:`TrainedHead.codes` gives them; they are
 packed to bytes for :mod:`cbir_kit.index.hashing`, which computes the Hamming distances

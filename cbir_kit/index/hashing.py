@@ -1,4 +1,4 @@
-"""Binary hash codes, Hamming search, and "hash shortlist, then float re-rank".
+"""Stage 3, index: binary hash codes, Hamming search, and hash shortlist then float re-rank (notebook 04).
 
 Code makers (scikit-learn style: hyper-parameters in ``__init__``, ``fit`` learns, learned
 state ends in ``_``, ``transform`` returns codes packed 8 bits to a uint8 byte):

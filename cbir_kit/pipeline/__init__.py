@@ -1,4 +1,6 @@
-"""The pipeline, walked once: ``evaluate()`` (:mod:`.job`) runs dataset -> features -> index ->
+"""The pipeline, walked once: ``evaluate()``, its optional stages and ``compare()`` (notebooks 01-03).
+
+``evaluate()`` (:mod:`.job`) runs dataset -> features -> index ->
 the optional stages (:mod:`.stages`, one small function per stage) -> metrics and timings;
 ``compare()`` (:mod:`.comparison`) runs several configurations on shared features; the course
 profile (:mod:`.profile`) picks each notebook's data and sizes (notebooks 00-03)."""

@@ -1,7 +1,5 @@
 """The pipeline: ``evaluate()``, dataset -> features (cached) -> index -> search -> metrics -> timings (notebooks 01, 03).
 
-The main job: dataset -> features (cached) -> index -> search -> metrics -> timings.
-
 ``evaluate(...)`` is what ``cbir evaluate`` runs and what notebooks call; it returns an
 :class:`EvalResult` whose ``to_dict()`` is the JSON contract of DESIGN.md.
 """
@@ -189,7 +187,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     t_start = time.perf_counter()
     trained_head = None
     if head is not None:  # checked before any extraction: a wrong head fails fast
-        from ..train import load_head
+        from ..features.checkpoint import load_head
         trained_head = load_head(head)
         trained_head.check_base(model)
     ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)

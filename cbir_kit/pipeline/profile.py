@@ -1,7 +1,5 @@
 """The pipeline: the course's one switch, ``CBIR_PROFILE`` picks the data and sizes of every notebook (notebook 00).
 
-The course's one switch: ``CBIR_PROFILE`` picks the data and sizes every notebook uses.
-
 ``CBIR_PROFILE=ci``   offline and small: the embedded ``demo`` near-duplicate photos and a
                       class-stratified subset of scikit-learn's ``digits`` stand in for the
                       real datasets; no notebook needs the network.

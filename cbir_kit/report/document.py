@@ -1,7 +1,5 @@
 """Stage 7, report: tables (pandas) and the Markdown report of one or more evaluations (notebook 03).
 
-Tables (pandas) and the Markdown report of one or more evaluations.
-
 * :func:`summary_table`: one row per method, quality and speed side by side.
 * :func:`key_table`: its key columns as text that fits a terminal (what ``cbir compare`` prints).
 * :func:`revisitop_table`: mAP and mP@k per revisitop setting (x100).

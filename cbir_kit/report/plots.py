@@ -1,7 +1,5 @@
 """Stage 7, report: plots of retrieval results, one call each, each a matplotlib Figure (notebooks 03, 05).
 
-Plots of retrieval results, one call each; every function returns a matplotlib Figure.
-
 In a notebook::
 
     from cbir_kit import viz

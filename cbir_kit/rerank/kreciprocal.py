@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking (Zhong, Zheng, Cao & Li, CVPR 2017), as published.
+"""Stage 4, rerank: k-reciprocal re-ranking (Zhong, Zheng, Cao & Li, CVPR 2017), as published (notebook 07).
 
 Inputs are distance matrices between queries (Q) and gallery (G): query-gallery d_qg (Q, G),
 query-query d_qq (Q, Q) and gallery-gallery d_gg (G, G); N = Q + G items in all.

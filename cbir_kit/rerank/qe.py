@@ -1,4 +1,4 @@
-"""Query expansion (QE) and database-side augmentation (DBA) on L2-normalised features.
+"""Stage 4, rerank: query expansion (QE) and database-side augmentation (DBA) on L2-normalised features (notebook 06).
 
 For a vector x with neighbours x_1, ..., x_n (its top-n gallery items by inner product,
 similarities s_i = x . x_i):

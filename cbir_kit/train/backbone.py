@@ -1,4 +1,4 @@
-"""Full fine-tuning of a backbone with GeM pooling and a projection head (meant for a GPU).
+"""Side branch, training: full fine-tuning of a backbone with GeM pooling and a projection head (notebook 08).
 
 The network is :class:`cbir_kit.features.embedding_net.EmbeddingNet` (trunk -> GeM -> head).
 

@@ -1,4 +1,4 @@
-"""The ``cbir finetune`` job: full fine-tuning of a backbone on images (meant for a GPU).
+"""Side branch, training: the ``cbir finetune`` job, full fine-tuning of a backbone on images (notebook 08).
 
 Protocol: the one of ``cbir train`` (:mod:`.run`, :func:`.data.hold_out`): the gallery is
 split per class, seeded, into fit, validation and held-out images, and every query that is

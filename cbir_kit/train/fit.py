@@ -1,4 +1,4 @@
-"""Training a head on cached frozen features: one loop for both head kinds.
+"""Side branch, training: training a head on cached frozen features, one loop for both head kinds (notebook 08).
 
 Per epoch: P-K class-balanced batches (:func:`~cbir_kit.train.data.pk_batches`) covering
 about one pass over the training items; per step the head embeds the batch and

@@ -1,4 +1,4 @@
-"""Metric-learning losses and miners (pytorch-metric-learning), and the hash recipe's cosine loss.
+"""Side branch, training: metric-learning losses and miners, and the hash recipe's cosine loss (notebook 08).
 
 Losses on a batch of L2-normalised embeddings ``e`` with labels ``y``; ``s_ij = e_i . e_j``:
 

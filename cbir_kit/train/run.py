@@ -1,4 +1,4 @@
-"""The ``cbir train`` job: cached frozen features -> seeded split -> head -> held-out metrics.
+"""Side branch, training: the ``cbir train`` job, cached features -> seeded split -> head -> held-out metrics (notebook 08).
 
 Protocol (stated in every run's output):
 
