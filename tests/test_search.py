@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from cbir_kit.errors import CbirError
-from cbir_kit.index import ExactIndex, numpy_search
+from cbir_kit.index import AnnIndex, ExactIndex, HashIndex, ITQHasher, numpy_search
+from cbir_kit.index.exact import without_own
 
 
 def _normalised(rng, n, d):
@@ -54,3 +55,35 @@ def test_errors_are_clear():
         index.search(_normalised(rng, 2, 4), 0)
     with pytest.raises(CbirError, match="metric"):
         ExactIndex("cosine")
+
+
+def _with_duplicates(seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(40, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return np.vstack([x, np.repeat(x[:1], 5, axis=0), np.repeat(x[1:2], 2, axis=0)])  # 6 and 3 identical rows
+
+
+@pytest.mark.parametrize("make", [lambda: ExactIndex("ip"), lambda: AnnIndex("Flat"), lambda: AnnIndex("HNSW16"),
+                                  lambda: HashIndex(ITQHasher(8, seed=0), shortlist=47)])
+def test_leave_one_out_search_equals_sklearn_kneighbors_without_x(make):
+    """Every index's search(own_ids=...) returns what NearestNeighbors.kneighbors(X=None) returns, duplicates included."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x, k = _with_duplicates(), 4
+    ref_dist, ref_ids = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors()
+    scores, ids = make().fit(x).search(x, k, own_ids=np.arange(len(x)))
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0))
+    assert ids.shape == ref_ids.shape
+    assert not (ids == np.arange(len(x))[:, None]).any()
+    np.testing.assert_allclose(dist, ref_dist, atol=2e-3)
+    copy_of = np.r_[np.arange(40), [0] * 5, [1] * 2]     # identical rows stand for one another
+    clear = np.abs(np.diff(ref_dist, axis=1)).min(axis=1) > 1e-2   # rows without near ties: the same ranking
+    assert (copy_of[ids[clear]] == copy_of[ref_ids[clear]]).all()
+
+
+def test_without_own_drops_the_first_entry_when_a_row_lacks_its_own_id():
+    ids = np.array([[5, 0, 7], [3, 4, 1]])          # row 1 is query 1; row 0's own id 0 is at rank 1
+    scores = np.array([[1.0, 1.0, 0.5], [1.0, 1.0, 0.9]])
+    kept_scores, kept_ids = without_own(scores, ids, [0, 2])   # query 1's own id is 2: absent, drop the first
+    assert kept_ids.tolist() == [[5, 7], [4, 1]]
+    assert kept_scores.tolist() == [[1.0, 0.5], [1.0, 0.9]]

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from ..errors import CbirError
-from .exact import ExactIndex, as_float32_matrix, check_k
+from .exact import ExactIndex, as_float32_matrix, check_k, search_leaving_out
 
 
 class AnnIndex:
@@ -124,8 +124,13 @@ class AnnIndex:
     def ntotal(self) -> int:
         return 0 if self.index_ is None else self.index_.ntotal
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, ids)`` of shape (Q, k), best first; id -1 where the index found fewer than k."""
+    def search(self, queries, k: int, own_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)`` of shape (Q, k), best first; id -1 where the index found fewer than k.
+
+        ``own_ids``: leave-one-out (:func:`cbir_kit.index.exact.without_own`)."""
+        return search_leaving_out(self._search, queries, k, own_ids)
+
+    def _search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.index_ is None or not self.index_.is_trained:
             raise CbirError(f"index {self.factory!r} was searched before it was trained: call fit(gallery) first")
         if self.ntotal == 0:

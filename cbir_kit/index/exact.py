@@ -5,6 +5,10 @@ features; metric ``"ip"``), or the negated squared Euclidean distance
 s(q, g) = -||q - g||^2 (metric ``"l2"``; faiss returns the distance itself).
 Both return ``(scores, ids)`` of shape (Q, k), best first.  Ties are broken by the lower
 gallery id in the numpy reference.
+
+Leave-one-out (the queries are the gallery): every index's ``search(queries, k, own_ids=...)``
+takes the gallery id of each query itself and never returns it (:func:`without_own`), with
+scikit-learn's ``kneighbors(X=None)`` rule; callers never drop entries themselves.
 """
 from __future__ import annotations
 
@@ -36,6 +40,31 @@ def check_k(k: int, n_gallery: int) -> int:
     return min(int(k), n_gallery)
 
 
+def without_own(scores: np.ndarray, ids: np.ndarray, own_ids) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out on ranked rows (Q, n) -> (Q, n - 1): drop each row's own gallery id ``own_ids[q]``.
+
+    scikit-learn's ``kneighbors(X=None)`` rule: a row that does not hold its own id (more exact
+    duplicates of the query than columns, ranked before it) drops its first entry instead, a
+    duplicate of the query, so every row keeps the same length.
+    """
+    own_ids = np.asarray(own_ids, dtype=np.int64).reshape(-1, 1)
+    keep = ids != own_ids
+    keep[keep.all(axis=1), 0] = False
+    shape = (len(ids), ids.shape[1] - 1)
+    return np.asarray(scores)[keep].reshape(shape), ids[keep].reshape(shape)
+
+
+def search_leaving_out(search, queries: np.ndarray, k: int, own_ids) -> tuple[np.ndarray, np.ndarray]:
+    """``search(queries, k)``, or with ``own_ids`` one more result searched and :func:`without_own` applied."""
+    if own_ids is None:
+        return search(queries, k)
+    own_ids = np.asarray(own_ids, dtype=np.int64)
+    if own_ids.shape != (len(queries),):
+        raise CbirError(f"own_ids must hold one gallery id per query ({len(queries)}); got shape {own_ids.shape}")
+    scores, ids = search(queries, k + 1)
+    return without_own(scores, ids, own_ids)
+
+
 class ExactIndex:
     """Brute-force search with faiss ``IndexFlatIP`` (``metric="ip"``) or ``IndexFlatL2``.
 
@@ -60,7 +89,11 @@ class ExactIndex:
     def ntotal(self) -> int:
         return 0 if self.index_ is None else self.index_.ntotal
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int, own_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)`` (Q, k), best first; ``own_ids``: leave-one-out (module docstring)."""
+        return search_leaving_out(self._search, queries, k, own_ids)
+
+    def _search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.index_ is None:
             raise CbirError("search() called before fit(gallery)")
         queries = as_float32_matrix(queries, "queries")

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import CbirError
-from .exact import as_float32_matrix, check_k
+from .exact import as_float32_matrix, check_k, search_leaving_out, without_own
 
 # popcount of every byte value, for the numpy reference
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
@@ -263,8 +263,18 @@ class HashIndex:
     def shortlist_size(self, k: int) -> int:
         return min(self.shortlist if self.shortlist is not None else 2 * k, self.ntotal)
 
-    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, ids)`` (Q, min(k, m)), best first by inner product."""
+    def search(self, queries, k: int, own_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)`` (Q, min(k, m)), best first by inner product.
+
+        ``own_ids``: leave-one-out (:func:`cbir_kit.index.exact.without_own`), applied to the
+        recorded ``shortlist_`` too.
+        """
+        scores, ids = search_leaving_out(self._search, queries, k, own_ids)
+        if own_ids is not None:
+            self.shortlist_ = without_own(self.shortlist_, self.shortlist_, own_ids)[1]
+        return scores, ids
+
+    def _search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not hasattr(self, "gallery_"):
             raise CbirError("HashIndex was searched before fit(gallery)")
         queries = as_float32_matrix(queries, "queries")

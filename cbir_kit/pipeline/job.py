@@ -101,11 +101,9 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     rels, aps, tops, k_hits, t_hits, t_retrieved = [], [], [], [], [], []
     per_setting = {s: ([], []) for s in revisitop_map.SETTINGS}
     for start in range(0, len(queries), chunk):
-        scores, ids = index.search(queries[start:start + chunk], n_gallery)
-        if ds.leave_one_out:
-            own = np.arange(start, start + len(ids))[:, None]
-            scores = scores[ids != own].reshape(len(ids), depth)
-            ids = ids[ids != own].reshape(len(ids), depth)
+        block = queries[start:start + chunk]
+        own = np.arange(start, start + len(block)) if ds.leave_one_out else None
+        scores, ids = index.search(block, depth, own_ids=own)
         if gnd is not None:
             chunk_gnd = gnd[start:start + chunk]
             rel = np.stack([revisitop_map.relevance_without_junk(row, g, "medium")[0] for row, g in zip(ids, chunk_gnd)])
@@ -228,7 +226,7 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
 
     k_eff = clamp_k(k, index.ntotal, ds.leave_one_out)
     t0 = time.perf_counter()
-    index.search(queries, k_eff + (1 if ds.leave_one_out else 0))
+    index.search(queries, k_eff, own_ids=np.arange(len(queries)) if ds.leave_one_out else None)
     search_s = time.perf_counter() - t0
 
     metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..evaluation import metrics as M
 from ..errors import CbirError
-from ..index import ExactIndex
+from ..index.exact import ExactIndex, without_own
 from ..index.ann import AnnIndex, recall_vs_exact
 from ..index.hashing import HashIndex, make_hasher, shortlist_recall
 from ..rerank import database_augmentation, k_reciprocal_rerank_features, parse_qe, query_expansion
@@ -71,18 +71,6 @@ class Methods:
             make_hasher(self.hash)
 
 
-def _drop_own(ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Leave-one-out: remove query i's own gallery entry i from its row, padding with -1 / inf."""
-    own = ids == np.arange(len(ids))[:, None]
-    out_ids = np.full_like(ids, -1)
-    out_scores = np.full(scores.shape, np.inf, dtype=np.float64)
-    for r in range(len(ids)):
-        keep = ~own[r]
-        out_ids[r, :keep.sum()] = ids[r, keep]
-        out_scores[r, :keep.sum()] = scores[r, keep]
-    return out_ids[:, :-1], out_scores[:, :-1]
-
-
 def _ranking_metrics(ids: np.ndarray, ds, k: int) -> tuple[dict, np.ndarray]:
     n_relevant = ds.n_relevant()
     rel = M.relevance_matrix(ids, ds.query_labels, ds.gallery_labels)
@@ -114,9 +102,8 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
     timings, config = {}, {}
     n_gallery = len(gallery)
     loo = ds.leave_one_out
-    _, exact_top = ExactIndex("ip").fit(gallery).search(queries, k + (1 if loo else 0))
-    if loo:
-        exact_top, _ = _drop_own(exact_top, np.zeros(exact_top.shape))
+    own = np.arange(len(queries)) if loo else None   # leave-one-out: query i is gallery item i
+    _, exact_top = ExactIndex("ip").fit(gallery).search(queries, k, own_ids=own)
 
     if methods.tta:
         from ..features.tta import TTAExtractor, parse_tta
@@ -145,11 +132,12 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
     t0 = time.perf_counter()
     if methods.hash:
         index = HashIndex(make_hasher(methods.hash, seed=seed), shortlist=methods.shortlist).fit(gallery)
-        depth = index.shortlist_size(k + (1 if loo else 0))
-        config["hash"] = {"codes": methods.hash, "shortlist": depth, "default_shortlist": methods.shortlist is None}
+        shortlist = index.shortlist_size(k + (1 if loo else 0))
+        depth = shortlist - (1 if loo else 0)
+        config["hash"] = {"codes": methods.hash, "shortlist": shortlist, "default_shortlist": methods.shortlist is None}
     else:
         index = AnnIndex(methods.index, nprobe=methods.nprobe, ef_search=methods.ef_search).fit(gallery)
-        depth = n_gallery
+        depth = n_gallery - (1 if loo else 0)
     timings["index_build_s"] = time.perf_counter() - t0
     config["index"] = methods.index if not methods.hash else f"hash:{methods.hash}"
     if methods.nprobe is not None or methods.ef_search is not None:
@@ -163,7 +151,7 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
         config["qe"] = {"n": n, "alpha": alpha, "kind": "average" if alpha == 0 else "alpha"}
 
     t0 = time.perf_counter()
-    index.search(queries, k + (1 if loo else 0))
+    index.search(queries, k, own_ids=own)
     timings["search_ms_per_query"] = 1000.0 * (time.perf_counter() - t0) / len(queries)
     if methods.hash:
         for name, value in index.timings_.items():
@@ -171,7 +159,7 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
         timings["hash_fit_s"] = index.fit_s_
         timings["hash_encode_gallery_s"] = index.encode_gallery_s_
         short = index.shortlist_
-    scores, ids = index.search(queries, depth)
+    scores, ids = index.search(queries, depth, own_ids=own)
     dist = np.sqrt(np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0))  # Euclidean on unit vectors
     dist[ids < 0] = np.inf
 
@@ -181,24 +169,20 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
         timings["kreciprocal_s"] = time.perf_counter() - t0
         ids = np.argsort(reranked, axis=1, kind="stable")
         dist = np.take_along_axis(reranked, ids, axis=1)
+        if loo:
+            dist, ids = without_own(dist, ids, own)
         config["rerank"] = {"method": "kreciprocal", "k1": 20, "k2": 6, "lambda": 0.3}
 
     # what one query costs online: expansion, index search, re-ranking (TTA is extraction, not counted)
     timings["query_ms_per_query"] = timings["search_ms_per_query"] + 1000.0 * (
         timings.get("qe_s", 0.0) + timings.get("kreciprocal_s", 0.0)) / len(queries)
-    if loo:
-        ids, dist = _drop_own(ids, dist)
     out, ap = _ranking_metrics(ids, ds, k)
     out[f"recall@{k}_vs_exact"] = recall_vs_exact(ids, exact_top, k)
     if methods.hash:
-        if loo:
-            short = _drop_own(short, np.zeros(short.shape))[0]
         out[f"shortlist_recall@{k}"] = shortlist_recall(short, exact_top)
 
     if methods.threshold:
-        full = _as_distances(ids, dist, n_gallery)
-        if loo:
-            full[np.arange(len(full)), np.arange(len(full))] = np.inf
+        full = _as_distances(ids, dist, n_gallery)   # under leave-one-out a query's own entry stays +inf
         relevant = ds.query_labels[:, None] == ds.gallery_labels[None, :]
         if loo:
             np.fill_diagonal(relevant, False)

@@ -34,7 +34,7 @@ def ranker(query_features, gallery_features, index=None, depth: int | None = Non
            leave_one_out: bool = False) -> Method:
     """A method ranking the gallery for one query with ``index`` (default: exact cosine).
 
-    ``index`` must already hold ``gallery_features`` and have ``search(queries, k) ->
+    ``index`` must already hold ``gallery_features`` and have ``search(queries, k, own_ids=None) ->
     (scores, ids)`` with higher scores better; ``depth`` results are kept (default: the
     whole gallery, so that any threshold can be explored).  With ``leave_one_out`` the query's own
     gallery entry (same index) is dropped from its list.
@@ -45,15 +45,13 @@ def ranker(query_features, gallery_features, index=None, depth: int | None = Non
     if index is None:
         index = ExactIndex("ip").fit(gallery_features)
     n_gallery = len(gallery_features)
-    depth = n_gallery if depth is None else min(depth + int(leave_one_out), n_gallery)
+    depth = n_gallery - int(leave_one_out) if depth is None else min(depth, n_gallery - int(leave_one_out))
 
     def rank(qi: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = index.search(query_features[qi:qi + 1], depth)
-        scores, ids = scores[0], ids[0]
-        keep = ids >= 0
-        if leave_one_out:
-            keep &= ids != qi
-        return scores[keep], ids[keep]
+        own = np.array([qi]) if leave_one_out else None
+        scores, ids = index.search(query_features[qi:qi + 1], depth, own_ids=own)
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]
 
     return rank
 

@@ -52,13 +52,7 @@ def database_augmentation(gallery, n: int = 5, alpha: float = 0.0) -> np.ndarray
     gallery = as_float32_matrix(gallery, "gallery")
     if n >= len(gallery):
         raise CbirError(f"--dba {n} needs more than {n} gallery vectors; the gallery has {len(gallery)}")
-    sims, ids = ExactIndex("ip").fit(gallery).search(gallery, n + 1)
-    # drop each vector's own entry (normally rank 0; with duplicates it may sit lower)
-    own = ids == np.arange(len(gallery))[:, None]
-    keep = ~own
-    keep[own.sum(axis=1) == 0, -1] = False  # itself not found among the first n + 1: drop the last
-    ids = ids[keep].reshape(len(gallery), n)
-    sims = sims[keep].reshape(len(gallery), n)
+    sims, ids = ExactIndex("ip").fit(gallery).search(gallery, n, own_ids=np.arange(len(gallery)))
     return _expand(gallery, gallery[ids], sims, alpha)
 
 
