@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cbir_kit.errors import CbirError
+from cbir_kit.method_specs import HASH_METHODS
 from cbir_kit.index import ExactIndex
 from cbir_kit.index.hashing import (
     HashIndex,
@@ -14,6 +15,7 @@ from cbir_kit.index.hashing import (
     hamming_distances,
     hamming_search_faiss,
     hamming_search_numpy,
+    HASHERS,
     make_hasher,
     shortlist_recall,
 )
@@ -100,9 +102,10 @@ def test_default_shortlist_is_2k_and_recall_grows_with_m(data):
 
 
 def test_bad_specs():
-    for bad in ("itq:60", "foo:64", "itq", "lsh:0"):
-        with pytest.raises(CbirError):
+    for bad in ("itq:60", "foo:64", "itq", "lsh:0", "itq:-8", "ITQ:64"):
+        with pytest.raises(CbirError, match=r"hash=.* must be METHOD:BITS with METHOD one of itq, lsh, pca"):
             make_hasher(bad)
+    assert set(HASHERS) == set(HASH_METHODS)
     with pytest.raises(CbirError, match="at least 64"):
         PCAHasher(64).fit(np.random.default_rng(0).normal(size=(100, 16)))
     with pytest.raises(CbirError, match="not fitted"):

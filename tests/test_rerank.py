@@ -7,8 +7,9 @@ import pytest
 
 from cbir_kit.evaluation import metrics as M
 from cbir_kit.errors import CbirError
+from cbir_kit.method_specs import QESpec, parse_method
 from cbir_kit.rerank import (database_augmentation, euclidean_distances, k_reciprocal_rerank,
-                             k_reciprocal_rerank_features, parse_qe, query_expansion)
+                             k_reciprocal_rerank_features, query_expansion)
 
 
 def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
@@ -127,12 +128,12 @@ def test_query_expansion_formulas():
     np.testing.assert_allclose(database_augmentation(g, n=2), expected, atol=1e-5)
 
 
-def test_parse_qe():
-    assert parse_qe("aqe:5") == (5, 0.0)
-    assert parse_qe("alpha:3:10") == (10, 3.0)
-    for bad in ("aqe", "alpha:3", "qe:5", "aqe:x"):
-        with pytest.raises(CbirError, match="--qe"):
-            parse_qe(bad)
+def test_qe_specs_parse_to_n_and_alpha():
+    assert parse_method("qe", "aqe:5") == QESpec(5, 0.0)
+    assert parse_method("qe", "alpha:3:10") == QESpec(10, 3.0)
+    for bad in ("aqe", "alpha:3", "qe:5", "aqe:x", "aqe:0", "alpha:-1:5", "", None):
+        with pytest.raises(CbirError, match=r"qe=.* must be aqe:N \(average of the top N\) or alpha:A:N"):
+            parse_method("qe", bad)
 
 
 def _map(q, g, ds, dist=None):

@@ -41,7 +41,7 @@ def test_cli_runs_methods_and_records_them(demo_features, tmp_path):
     assert 0 < r["metrics"]["recall@10_vs_exact"] <= 1 and "dba_s" in r["timings"]
 
     proc = _cbir("--hash", "itq:16", "--index", "HNSW32")
-    assert proc.returncode == 2 and "drop --index" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "--hash builds its own index (hash shortlist + float re-rank); leave --index at 'Flat'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_no_methods_leave_the_exact_result_unchanged(demo_features):

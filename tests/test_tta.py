@@ -9,7 +9,8 @@ from PIL import Image
 
 from cbir_kit.errors import CbirError
 from cbir_kit.features import GeM, create_extractor
-from cbir_kit.features.tta import TTAExtractor, parse_tta
+from cbir_kit.features.tta import TTAExtractor
+from cbir_kit.method_specs import MULTI_SCALE, TTASpec, parse_method
 
 
 def test_gem_p1_is_average_pooling():
@@ -51,11 +52,22 @@ def test_flip_tta_is_the_normalised_mean_of_both_views(images):
 
 
 def test_multi_scale_views_and_errors():
-    flip, scales = parse_tta("flip+ms")
-    tta = TTAExtractor("resnet18", device="cpu", pretrained=False, flip=flip, scales=scales)
+    views = parse_method("tta", "flip+ms")
+    assert views == TTASpec(True, MULTI_SCALE)
+    tta = TTAExtractor("resnet18", device="cpu", pretrained=False, flip=views.flip, scales=views.scales)
     views = tta.views(torch.zeros(1, 3, 224, 224))
     assert len(views) == 6 and {v.shape[-1] for v in views} == {158, 224, 316}
-    with pytest.raises(CbirError):
-        parse_tta("rotate")
+    with pytest.raises(CbirError, match="tta='rotate' must be flip, ms or flip\+ms"):
+        parse_method("tta", "rotate")
     with pytest.raises(CbirError):
         TTAExtractor("resnet18", flip=False)
+
+
+def test_tta_wraps_an_existing_extractor_without_building_its_network_again():
+    plain = create_extractor("resnet18", device="cpu", pretrained=False, batch_size=3)
+    network = plain.backbone
+    tta = TTAExtractor(plain, flip=True)
+    assert tta.backbone is network and tta.batch_size == 3
+    assert tta.cache_identity() == {**plain.cache_identity(), "tta": {"flip": True, "scales": [1.0]}}
+    with pytest.raises(CbirError, match="create_extractor"):
+        TTAExtractor(plain, flip=True, batch_size=4)

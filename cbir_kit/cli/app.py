@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 
@@ -34,7 +35,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line_warnings(command: str):
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{dest: --option}`` of ``parser`` and of every sub-command under it."""
+    names = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                names.update(option_names(child))
+        elif action.option_strings:
+            names.setdefault(action.dest, max(action.option_strings, key=len))
+    return names
+
+
+def as_flags(message: str, names: dict[str, str]) -> str:
+    """A library message in the command's words: each ``param=`` becomes ``--option `` (section 7 of
+    DESIGN.md's rules: the library speaks in its functions' parameter names, only the command in flags)."""
+    for dest, option in sorted(names.items(), key=lambda item: -len(item[0])):
+        message = re.sub(rf"(?<![\w.=-]){re.escape(dest)}=(?=([^\s,;.)]?))",
+                         lambda m: option + (" " if m.group(1) else ""), message)
+    return message
+
+
+def one_line_warnings(command: str, names: dict[str, str]):
     """A ``warnings.showwarning`` that prints a :class:`CbirWarning` as ``cbir COMMAND: warning: ...``.
 
     Each message is printed once, however many runs (``cbir compare``) raise it; other warnings
@@ -47,7 +69,7 @@ def one_line_warnings(command: str):
         if issubclass(category, CbirWarning):
             if str(message) not in printed:
                 printed.add(str(message))
-                print(f"cbir {command}: warning: {message}", file=sys.stderr)
+                print(f"cbir {command}: warning: {as_flags(str(message), names)}", file=sys.stderr)
         else:
             python_format(message, category, filename, lineno, file, line)
     return show
@@ -73,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    names = option_names(parser._subparsers._group_actions[0].choices[args.command])
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = one_line_warnings(args.command)
+            warnings.showwarning = one_line_warnings(args.command, names)
             return args.func(args)
     except CbirError as err:
-        print(f"cbir {args.command}: error: {err}", file=sys.stderr)
+        print(f"cbir {args.command}: error: {as_flags(str(err), names)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cbir {args.command}: interrupted", file=sys.stderr)

@@ -8,9 +8,11 @@ views: the preprocessed image itself, its horizontal flip (``flip``), and each o
 resized by the factors in ``scales`` (multi-scale; bilinear, on the preprocessed tensor).
 A network with global pooling (the CNNs) accepts any input size; a ViT (CLIP) needs scale 1.
 
-:class:`TTAExtractor` is an :class:`~cbir_kit.features.extractor.Extractor` whose
-``embed_batch`` does this, so batching, decoding threads and the feature cache (its key
-includes the views) work unchanged.
+:class:`TTAExtractor` wraps an existing :class:`~cbir_kit.features.extractor.Extractor`: it
+shares that extractor's network and settings (nothing is built again) and only its
+``embed_batch`` differs, so batching, decoding threads and the feature cache (its key
+includes the views) work unchanged.  The views of ``tta="flip+ms"`` and the like come from
+:func:`cbir_kit.method_specs.parse_method`.
 """
 from __future__ import annotations
 
@@ -18,18 +20,25 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CbirError
-from .extractor import Extractor
+from .extractor import Extractor, create_extractor
 
 
 class TTAExtractor(Extractor):
     """An extractor averaging the embeddings of flipped / rescaled views (module docstring)."""
 
-    def __init__(self, spec: str, flip: bool = True, scales: tuple[float, ...] = (1.0,), **kwargs):
+    def __init__(self, base: Extractor | str, flip: bool = True, scales: tuple[float, ...] = (1.0,), **kwargs):
+        """``base``: the extractor to wrap, or a model spec to build one with ``create_extractor(base, **kwargs)``."""
         if not flip and tuple(scales) == (1.0,):
             raise CbirError("TTA needs at least one extra view: flip=True or a scale other than 1")
         if any(s <= 0 for s in scales):
-            raise CbirError(f"TTA scales must be positive; got {scales}")
-        super().__init__(spec, **kwargs)
+            raise CbirError(f"TTA scales must be positive; got scales={scales}")
+        if isinstance(base, str):
+            base = create_extractor(base, **kwargs)
+        elif kwargs:
+            raise CbirError(f"extractor options {sorted(kwargs)} belong to the wrapped extractor; pass them to "
+                            "create_extractor() instead")
+        vars(self).update(vars(base))   # the same network, runners and settings: nothing is rebuilt
+        self.base = base
         self.flip = flip
         self.scales = tuple(float(s) for s in scales)
 
@@ -49,12 +58,3 @@ class TTAExtractor(Extractor):
     def embed_batch(self, batch: torch.Tensor) -> torch.Tensor:
         total = sum(Extractor.embed_batch(self, v) for v in self.views(batch))
         return F.normalize(total, dim=1)
-
-
-def parse_tta(spec: str) -> tuple[bool, tuple[float, ...]]:
-    """``flip`` -> horizontal flip; ``ms`` -> scales 1/sqrt(2), 1, sqrt(2); ``flip+ms`` -> both."""
-    options = {"flip": (True, (1.0,)), "ms": (False, (2 ** -0.5, 1.0, 2 ** 0.5)),
-               "flip+ms": (True, (2 ** -0.5, 1.0, 2 ** 0.5))}
-    if spec not in options:
-        raise CbirError(f"--tta {spec!r} must be one of {', '.join(options)}")
-    return options[spec]

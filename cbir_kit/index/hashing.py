@@ -35,6 +35,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import CbirError
+from ..method_specs import parse_method
 from .exact import as_float32_matrix, check_k, search_leaving_out, without_own
 
 # popcount of every byte value, for the numpy reference
@@ -155,13 +156,10 @@ HASHERS = {"lsh": LSHHasher, "pca": PCAHasher, "itq": ITQHasher}
 
 
 def make_hasher(spec: str, seed: int = 0) -> _SignHasher:
-    """``"itq:64"``, ``"lsh:128"``, ``"pca:32"`` -> an unfitted code maker."""
-    name, _, bits = spec.partition(":")
-    if name not in HASHERS or not bits.isdigit():
-        raise CbirError(f"--hash {spec!r} must be METHOD:BITS with METHOD one of {', '.join(HASHERS)} "
-                        "and BITS a multiple of 8, e.g. itq:64")
-    bits = check_bits(int(bits))
-    return PCAHasher(bits) if name == "pca" else HASHERS[name](bits, seed=seed)
+    """``"itq:64"``, ``"lsh:128"``, ``"pca:32"`` (:func:`cbir_kit.method_specs.parse_method`) -> an unfitted code maker."""
+    parsed = parse_method("hash", spec)
+    bits = check_bits(parsed.bits)
+    return PCAHasher(bits) if parsed.method == "pca" else HASHERS[parsed.method](bits, seed=seed)
 
 
 def _check_codes(codes, name: str) -> np.ndarray:

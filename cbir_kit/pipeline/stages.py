@@ -17,7 +17,7 @@ never returned count as not found.  ``recall@k_vs_exact`` = mean over queries of
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,7 +26,8 @@ from ..errors import CbirError
 from ..index.exact import ExactIndex, without_own
 from ..index.ann import AnnIndex, recall_vs_exact
 from ..index.hashing import HashIndex, make_hasher, shortlist_recall
-from ..rerank import database_augmentation, k_reciprocal_rerank_features, parse_qe, query_expansion
+from ..method_specs import parse_method
+from ..rerank import database_augmentation, k_reciprocal_rerank_features, query_expansion
 from ..threshold.rules import calibrate, calibration_split, retrieval_metrics
 
 
@@ -53,22 +54,21 @@ class Methods:
     def check(self) -> None:
         """Clear errors for combinations that make no sense, before any work is done."""
         if self.hash and self.index != "Flat":
-            raise CbirError("--hash builds its own index (hash shortlist + float re-rank); drop --index")
+            raise CbirError("hash= builds its own index (hash shortlist + float re-rank); leave index= at 'Flat'")
         if self.shortlist is not None and not self.hash:
-            raise CbirError("--shortlist needs --hash (e.g. --hash itq:64 --shortlist 200)")
+            raise CbirError("shortlist= needs hash= (e.g. hash='itq:64', shortlist=200)")
         if self.rerank not in (None, "kreciprocal"):
-            raise CbirError(f"--rerank {self.rerank!r}: the only re-ranking is kreciprocal")
+            raise CbirError(f"rerank={self.rerank!r}: the only re-ranking is 'kreciprocal'")
         if self.rerank and (self.hash or self.index != "Flat"):
-            raise CbirError("--rerank kreciprocal re-ranks the whole gallery; use it with the exact index "
-                            "(no --index / --hash)")
+            raise CbirError("rerank='kreciprocal' re-ranks the whole gallery; use it with the exact index "
+                            "(no index= / hash=)")
         if self.threshold not in (None, "static", "dynamic"):
-            raise CbirError(f"--threshold must be static or dynamic; got {self.threshold!r}")
+            raise CbirError(f"threshold={self.threshold!r} must be 'static' or 'dynamic'")
         if self.tta_gallery and not self.tta:
-            raise CbirError("--tta-gallery needs --tta flip|ms|flip+ms")
-        if self.qe:
-            parse_qe(self.qe)
-        if self.hash:
-            make_hasher(self.hash)
+            raise CbirError("tta_gallery= needs tta= ('flip', 'ms' or 'flip+ms')")
+        for option in ("hash", "qe", "tta"):
+            if getattr(self, option):
+                parse_method(option, getattr(self, option))
 
 
 def _ranking_metrics(ids: np.ndarray, ds, k: int) -> tuple[dict, np.ndarray]:
@@ -91,109 +91,171 @@ def _as_distances(ids: np.ndarray, dist_rows: np.ndarray, n_gallery: int) -> np.
     return full
 
 
+@dataclass
+class Run:
+    """What the stages pass along: the current query and gallery vectors, and what they measured."""
+
+    methods: Methods
+    ds: object
+    k: int
+    queries: np.ndarray
+    gallery: np.ndarray
+    seed: int = 0
+    timings: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def own(self) -> np.ndarray | None:
+        """Leave-one-out: query i is gallery item i, which the indexes never return (else None)."""
+        return np.arange(len(self.queries)) if self.ds.leave_one_out else None
+
+    def per_query_ms(self, seconds: float) -> float:
+        return 1000.0 * seconds / len(self.queries)
+
+
+def tta_stage(run: Run, extractor, cache, progress: bool) -> None:
+    """Re-extract the queries (and with ``tta_gallery`` the gallery) as averages of augmented views."""
+    from ..features.tta import TTAExtractor
+
+    if extractor is None or cache is None:
+        raise CbirError("tta= needs the extractor and the feature cache of the evaluation")
+    views = parse_method("tta", run.methods.tta)
+    tta = TTAExtractor(extractor, flip=views.flip, scales=views.scales)
+    t0 = time.perf_counter()
+    run.queries = cache.get_or_extract(tta, run.ds.query, progress, desc="queries (TTA)")[0].vectors
+    if run.methods.tta_gallery:
+        run.gallery = (run.queries if run.ds.leave_one_out else
+                       cache.get_or_extract(tta, run.ds.gallery, progress, desc="gallery (TTA)")[0].vectors)
+    run.timings["tta_extract_s"] = time.perf_counter() - t0
+    run.config["tta"] = {"views": run.methods.tta, "scales": list(views.scales), "flip": views.flip,
+                         "gallery": run.methods.tta_gallery}
+
+
+def dba_stage(run: Run) -> None:
+    """Database-side augmentation: every gallery vector averaged with its top-n gallery neighbours."""
+    t0 = time.perf_counter()
+    run.gallery = database_augmentation(run.gallery, run.methods.dba)
+    run.timings["dba_s"] = time.perf_counter() - t0
+    run.config["dba"] = {"n": run.methods.dba}
+
+
+def index_stage(run: Run):
+    """Build the candidate index: a faiss factory string, or a hash shortlist with a float re-rank.
+
+    Returns ``(index, depth)``: ``depth`` results per query are ranked, the shortlist for a hash
+    index and the whole gallery (less the query itself under leave-one-out) for the others.
+    """
+    m, loo = run.methods, int(run.ds.leave_one_out)
+    t0 = time.perf_counter()
+    if m.hash:
+        index = HashIndex(make_hasher(m.hash, seed=run.seed), shortlist=m.shortlist).fit(run.gallery)
+        shortlist = index.shortlist_size(run.k + loo)
+        depth = shortlist - loo
+        run.config["hash"] = {"codes": m.hash, "shortlist": shortlist, "default_shortlist": m.shortlist is None}
+    else:
+        index = AnnIndex(m.index, nprobe=m.nprobe, ef_search=m.ef_search).fit(run.gallery)
+        depth = len(run.gallery) - loo
+    run.timings["index_build_s"] = time.perf_counter() - t0
+    run.config["index"] = f"hash:{m.hash}" if m.hash else m.index
+    if m.nprobe is not None or m.ef_search is not None:
+        run.config["search_params"] = {"nprobe": m.nprobe, "efSearch": m.ef_search}
+    return index, depth
+
+
+def qe_stage(run: Run, index) -> None:
+    """Query expansion: each query replaced by a weighted average with its top-n results."""
+    qe = parse_method("qe", run.methods.qe)
+    t0 = time.perf_counter()
+    run.queries = query_expansion(run.queries, run.gallery, n=qe.n, alpha=qe.alpha, index=index)
+    run.timings["qe_s"] = time.perf_counter() - t0
+    run.config["qe"] = {"n": qe.n, "alpha": qe.alpha, "kind": "average" if qe.alpha == 0 else "alpha"}
+
+
+def search_stage(run: Run, index, depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Time a top-k search, then rank ``depth`` results: ``(ids, Euclidean distances, hash shortlist)``.
+
+    On unit vectors the Euclidean distance is d = sqrt(2 - 2 s) for inner product s; items an
+    index did not return (id -1) get d = inf.
+    """
+    t0 = time.perf_counter()
+    index.search(run.queries, run.k, own_ids=run.own)
+    run.timings["search_ms_per_query"] = run.per_query_ms(time.perf_counter() - t0)
+    shortlist = None
+    if run.methods.hash:
+        for name, value in index.timings_.items():
+            run.timings[f"hash_{name[:-2]}_ms_per_query"] = run.per_query_ms(value)
+        run.timings["hash_fit_s"] = index.fit_s_
+        run.timings["hash_encode_gallery_s"] = index.encode_gallery_s_
+        shortlist = index.shortlist_
+    scores, ids = index.search(run.queries, depth, own_ids=run.own)
+    dist = np.sqrt(np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0))
+    dist[ids < 0] = np.inf
+    return ids, dist, shortlist
+
+
+def rerank_stage(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """k-reciprocal re-ranking of the whole gallery (k1 20, k2 6, lambda 0.3): ``(ids, distances)``."""
+    t0 = time.perf_counter()
+    reranked = k_reciprocal_rerank_features(run.queries, run.gallery).astype(np.float64)
+    run.timings["kreciprocal_s"] = time.perf_counter() - t0
+    ids = np.argsort(reranked, axis=1, kind="stable")
+    dist = np.take_along_axis(reranked, ids, axis=1)
+    if run.own is not None:
+        dist, ids = without_own(dist, ids, run.own)
+    run.config["rerank"] = {"method": "kreciprocal", "k1": 20, "k2": 6, "lambda": 0.3}
+    return ids, dist
+
+
+def threshold_stage(run: Run, ids: np.ndarray, dist: np.ndarray) -> dict:
+    """Calibrate a static or dynamic threshold on a seeded split of the queries; metrics of the rest."""
+    m, ds = run.methods, run.ds
+    full = _as_distances(ids, dist, len(run.gallery))   # under leave-one-out a query's own entry stays +inf
+    relevant = ds.query_labels[:, None] == ds.gallery_labels[None, :]
+    if ds.leave_one_out:
+        np.fill_diagonal(relevant, False)
+    cal, ev = calibration_split(len(full), m.calibration_fraction, seed=run.seed)
+    t0 = time.perf_counter()
+    fitted = calibrate(full[cal], relevant[cal], m.threshold)
+    run.timings["threshold_calibrate_s"] = time.perf_counter() - t0
+    run.config["threshold"] = {**fitted.params(), "distance": "k-reciprocal" if m.rerank else "Euclidean",
+                               "n_calibration_queries": len(cal), "n_evaluation_queries": len(ev),
+                               "calibration_fraction": m.calibration_fraction,
+                               "note": "precision/recall/f1 are over the evaluation queries only"}
+    return retrieval_metrics(fitted.retrieve(full[ev]), relevant[ev])
+
+
 def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds, k: int,
                   exact_metrics: dict, extractor=None, cache=None, progress: bool = False,
                   seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, dict, dict]:
-    """Run the configured stages; returns ``(metrics, per-query AP, top-k ids, timings, config)``."""
+    """Run the configured stages in the module docstring's order.
+
+    Returns ``(metrics, per-query AP, top-k ids, timings, config)``; ``recall@k_vs_exact`` compares
+    the top k with exact search on the original features.
+    """
     methods.check()
     if ds.gnd is not None:
-        raise CbirError("the retrieval-method flags need label ground truth; revisitop sets are evaluated "
+        raise CbirError("the retrieval methods need label ground truth; revisitop sets are evaluated "
                         "with the exact index only")
-    timings, config = {}, {}
-    n_gallery = len(gallery)
-    loo = ds.leave_one_out
-    own = np.arange(len(queries)) if loo else None   # leave-one-out: query i is gallery item i
-    _, exact_top = ExactIndex("ip").fit(gallery).search(queries, k, own_ids=own)
-
+    run = Run(methods, ds, k, queries, gallery, seed)
+    _, exact_top = ExactIndex("ip").fit(gallery).search(queries, k, own_ids=run.own)
     if methods.tta:
-        from ..features.tta import TTAExtractor, parse_tta
-
-        if extractor is None or cache is None:
-            raise CbirError("--tta needs the extractor and the feature cache of the evaluation")
-        flip, scales = parse_tta(methods.tta)
-        tta = TTAExtractor(extractor.spec, flip=flip, scales=scales, device=str(extractor.device),
-                           pretrained=extractor.pretrained, batch_size=extractor.batch_size,
-                           num_workers=extractor.num_workers)
-        t0 = time.perf_counter()
-        queries = cache.get_or_extract(tta, ds.query, progress, desc="queries (TTA)")[0].vectors
-        if methods.tta_gallery:
-            gallery = queries if loo else cache.get_or_extract(tta, ds.gallery, progress, desc="gallery (TTA)")[0].vectors
-        timings["tta_extract_s"] = time.perf_counter() - t0
-        config["tta"] = {"views": methods.tta, "scales": list(scales), "flip": flip,
-                         "gallery": methods.tta_gallery}
-
+        tta_stage(run, extractor, cache, progress)
     if methods.dba:
-        t0 = time.perf_counter()
-        gallery = database_augmentation(gallery, methods.dba)
-        timings["dba_s"] = time.perf_counter() - t0
-        config["dba"] = {"n": methods.dba}
-
-    # candidate index
-    t0 = time.perf_counter()
-    if methods.hash:
-        index = HashIndex(make_hasher(methods.hash, seed=seed), shortlist=methods.shortlist).fit(gallery)
-        shortlist = index.shortlist_size(k + (1 if loo else 0))
-        depth = shortlist - (1 if loo else 0)
-        config["hash"] = {"codes": methods.hash, "shortlist": shortlist, "default_shortlist": methods.shortlist is None}
-    else:
-        index = AnnIndex(methods.index, nprobe=methods.nprobe, ef_search=methods.ef_search).fit(gallery)
-        depth = n_gallery - (1 if loo else 0)
-    timings["index_build_s"] = time.perf_counter() - t0
-    config["index"] = methods.index if not methods.hash else f"hash:{methods.hash}"
-    if methods.nprobe is not None or methods.ef_search is not None:
-        config["search_params"] = {"nprobe": methods.nprobe, "efSearch": methods.ef_search}
-
+        dba_stage(run)
+    index, depth = index_stage(run)
     if methods.qe:
-        n, alpha = parse_qe(methods.qe)
-        t0 = time.perf_counter()
-        queries = query_expansion(queries, gallery, n=n, alpha=alpha, index=index)
-        timings["qe_s"] = time.perf_counter() - t0
-        config["qe"] = {"n": n, "alpha": alpha, "kind": "average" if alpha == 0 else "alpha"}
-
-    t0 = time.perf_counter()
-    index.search(queries, k, own_ids=own)
-    timings["search_ms_per_query"] = 1000.0 * (time.perf_counter() - t0) / len(queries)
-    if methods.hash:
-        for name, value in index.timings_.items():
-            timings[f"hash_{name[:-2]}_ms_per_query"] = 1000.0 * value / len(queries)
-        timings["hash_fit_s"] = index.fit_s_
-        timings["hash_encode_gallery_s"] = index.encode_gallery_s_
-        short = index.shortlist_
-    scores, ids = index.search(queries, depth, own_ids=own)
-    dist = np.sqrt(np.maximum(2.0 - 2.0 * scores.astype(np.float64), 0.0))  # Euclidean on unit vectors
-    dist[ids < 0] = np.inf
-
+        qe_stage(run, index)
+    ids, dist, shortlist = search_stage(run, index, depth)
     if methods.rerank:
-        t0 = time.perf_counter()
-        reranked = k_reciprocal_rerank_features(queries, gallery).astype(np.float64)
-        timings["kreciprocal_s"] = time.perf_counter() - t0
-        ids = np.argsort(reranked, axis=1, kind="stable")
-        dist = np.take_along_axis(reranked, ids, axis=1)
-        if loo:
-            dist, ids = without_own(dist, ids, own)
-        config["rerank"] = {"method": "kreciprocal", "k1": 20, "k2": 6, "lambda": 0.3}
-
+        ids, dist = rerank_stage(run)
     # what one query costs online: expansion, index search, re-ranking (TTA is extraction, not counted)
-    timings["query_ms_per_query"] = timings["search_ms_per_query"] + 1000.0 * (
-        timings.get("qe_s", 0.0) + timings.get("kreciprocal_s", 0.0)) / len(queries)
+    run.timings["query_ms_per_query"] = run.timings["search_ms_per_query"] + run.per_query_ms(
+        run.timings.get("qe_s", 0.0) + run.timings.get("kreciprocal_s", 0.0))
     out, ap = _ranking_metrics(ids, ds, k)
     out[f"recall@{k}_vs_exact"] = recall_vs_exact(ids, exact_top, k)
-    if methods.hash:
-        out[f"shortlist_recall@{k}"] = shortlist_recall(short, exact_top)
-
+    if shortlist is not None:
+        out[f"shortlist_recall@{k}"] = shortlist_recall(shortlist, exact_top)
     if methods.threshold:
-        full = _as_distances(ids, dist, n_gallery)   # under leave-one-out a query's own entry stays +inf
-        relevant = ds.query_labels[:, None] == ds.gallery_labels[None, :]
-        if loo:
-            np.fill_diagonal(relevant, False)
-        cal, ev = calibration_split(len(full), methods.calibration_fraction, seed=seed)
-        t0 = time.perf_counter()
-        fitted = calibrate(full[cal], relevant[cal], methods.threshold)
-        timings["threshold_calibrate_s"] = time.perf_counter() - t0
-        out.update(retrieval_metrics(fitted.retrieve(full[ev]), relevant[ev]))
-        config["threshold"] = {**fitted.params(), "distance": "k-reciprocal" if methods.rerank else "Euclidean",
-                               "n_calibration_queries": len(cal), "n_evaluation_queries": len(ev),
-                               "calibration_fraction": methods.calibration_fraction,
-                               "note": "precision/recall/f1 are over the evaluation queries only"}
-    config["exact_metrics"] = exact_metrics
-    return out, ap, ids[:, :k], timings, config
+        out.update(threshold_stage(run, ids, dist))
+    run.config["exact_metrics"] = exact_metrics
+    return out, ap, ids[:, :k], run.timings, run.config

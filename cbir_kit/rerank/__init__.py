@@ -8,5 +8,5 @@ from .._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "euclidean_distances": ".kreciprocal", "k_reciprocal_rerank": ".kreciprocal",
     "k_reciprocal_rerank_features": ".kreciprocal", "reciprocal_neighbours": ".kreciprocal",
-    "database_augmentation": ".qe", "parse_qe": ".qe", "query_expansion": ".qe",
+    "database_augmentation": ".qe", "query_expansion": ".qe",
 })

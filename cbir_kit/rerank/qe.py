@@ -54,17 +54,3 @@ def database_augmentation(gallery, n: int = 5, alpha: float = 0.0) -> np.ndarray
         raise CbirError(f"--dba {n} needs more than {n} gallery vectors; the gallery has {len(gallery)}")
     sims, ids = ExactIndex("ip").fit(gallery).search(gallery, n, own_ids=np.arange(len(gallery)))
     return _expand(gallery, gallery[ids], sims, alpha)
-
-
-def parse_qe(spec: str) -> tuple[int, float]:
-    """``"aqe:N"`` -> (N, 0.0); ``"alpha:A:N"`` -> (N, A)."""
-    parts = spec.split(":")
-    try:
-        if parts[0] == "aqe" and len(parts) == 2:
-            return int(parts[1]), 0.0
-        if parts[0] == "alpha" and len(parts) == 3:
-            return int(parts[2]), float(parts[1])
-    except ValueError:
-        pass
-    raise CbirError(f"--qe {spec!r} must be aqe:N (average of the top N) or alpha:A:N (alpha-QE), "
-                    "e.g. aqe:5 or alpha:3:10")
