@@ -68,9 +68,9 @@ def test_clear_errors(data):
         AnnIndex("IVF4096,Flat").fit(g)
     with pytest.raises(CbirError, match="index_factory"):
         AnnIndex("NotAnIndex").fit(g)
-    with pytest.raises(CbirError, match="--nprobe applies to IVF"):
+    with pytest.raises(CbirError, match="nprobe= applies to IVF"):
         AnnIndex("HNSW32", nprobe=4).fit(g)
-    with pytest.raises(CbirError, match="--ef-search applies to HNSW"):
+    with pytest.raises(CbirError, match="ef_search= applies to HNSW"):
         AnnIndex("IVF16,Flat", ef_search=4).fit(g)
     with pytest.raises(CbirError, match="centroids"):
         AnnIndex("IVF4,PQ8").fit(g[:100])
@@ -84,3 +84,22 @@ def test_corel_hnsw_recall(corel_features):
     q, g, _ = corel_features
     report = compare_to_exact(AnnIndex("HNSW32", ef_search=64), q, g, k=10)
     assert report["recall@10_vs_exact"] >= 0.95
+
+
+def test_overlap_with_exact_equals_faiss_knn_intersection_measure():
+    """recall@k_vs_exact and the shortlist recall are one measure: faiss.contrib's knn_intersection_measure."""
+    from faiss.contrib.evaluation import knn_intersection_measure
+
+    from cbir_kit.evaluation.metrics import overlap_with_exact
+    from cbir_kit.index.hashing import shortlist_recall
+
+    rng = np.random.default_rng(3)
+    exact = np.stack([rng.permutation(50)[:10] for _ in range(30)])
+    found = np.stack([rng.permutation(50)[:10] for _ in range(30)])
+    reference = knn_intersection_measure(found, exact)
+    assert overlap_with_exact(found, exact) == pytest.approx(reference)
+    assert recall_vs_exact(np.hstack([found, found]), exact, 10) == pytest.approx(reference)
+    assert shortlist_recall(found, exact) == pytest.approx(reference)
+    padded = found.copy()
+    padded[:, -1] = -1                                   # nothing found there: never counted
+    assert overlap_with_exact(padded, exact) <= overlap_with_exact(found, exact)

@@ -18,7 +18,8 @@ NOTEBOOKS = PACKAGE.parent / "notebooks"
 
 # lower layers first; a module may import its own package and any lower layer, nothing else
 LAYERS = [
-    {"_io", "_lazy", "errors"},          # ground floor
+    {"errors"},                          # ground floor: every error class
+    {"_io", "_lazy", "method_specs"},    # ground floor: atomic writes, lazy exports, the method-spec parser
     {"datasets"},                        # (1) dataset -> image references + ground truth
     {"evaluation"},                      # (6) numbers from rankings: pure numpy, below every stage that ranks
     {"features"},                        # (2) images -> vectors

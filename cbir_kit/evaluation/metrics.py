@@ -284,3 +284,15 @@ def mahp_at_k(gains: np.ndarray, ideal: np.ndarray, k: int) -> float:
     """mAHP@k: mean of :func:`ahp_at_k` over queries (NaN queries skipped)."""
     values = ahp_at_k(gains, ideal, k)
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def overlap_with_exact(found_ids, exact_ids) -> float:
+    """Share of the exact top-k that a method returned: mean over queries of |found ∩ exact| / k.
+
+    ``exact_ids`` is (Q, k), the exact search's top k; ``found_ids`` (Q, m) any list per query
+    (an ANN top-k, a hash shortlist); ids -1 (nothing found) are ignored.  recall@k_vs_exact
+    and the shortlist recall are this measure.
+    """
+    exact_ids = np.asarray(exact_ids)
+    found = [len(np.intersect1d(f[f >= 0], e)) for f, e in zip(np.asarray(found_ids), exact_ids)]
+    return float(np.mean(found) / exact_ids.shape[1])

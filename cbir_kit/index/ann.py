@@ -29,6 +29,7 @@ import faiss
 import numpy as np
 
 from ..errors import CbirError
+from ..evaluation.metrics import overlap_with_exact
 from .exact import ExactIndex, as_float32_matrix, check_k, search_leaving_out
 
 
@@ -53,7 +54,7 @@ class AnnIndex:
             return faiss.index_factory(d, self.factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             first = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            raise CbirError(f"--index {self.factory!r} is not a faiss index_factory string faiss accepts for "
+            raise CbirError(f"index={self.factory!r} is not a faiss index_factory string faiss accepts for "
                             f"{d}-d features ({first}); try 'Flat', 'IVF256,Flat', 'HNSW32' or 'IVF256,PQ32' "
                             f"(PQ<m> needs the dimension {d} to be a multiple of m)") from err
 
@@ -62,14 +63,14 @@ class AnnIndex:
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None and n < ivf.nlist:
             fewer = max(1, n // 39)
-            raise CbirError(f"--index {self.factory!r} needs at least {ivf.nlist} gallery vectors to train "
+            raise CbirError(f"index={self.factory!r} needs at least {ivf.nlist} gallery vectors to train "
                             f"{ivf.nlist} inverted lists but the gallery has {n}; use fewer lists, e.g. "
                             f"'IVF{fewer},Flat' (faiss recommends at least 39 vectors per list)")
         m = re.search(r"PQ(\d+)(?:x(\d+))?", self.factory)
         if m:
             nbits = int(m.group(2) or 8)
             if n < 2 ** nbits:
-                raise CbirError(f"--index {self.factory!r}: product quantisation learns {2 ** nbits} centroids "
+                raise CbirError(f"index={self.factory!r}: product quantisation learns {2 ** nbits} centroids "
                                 f"per sub-vector, but the gallery has only {n} vectors; use a Flat or HNSW "
                                 f"index, or fewer bits per code (e.g. PQ{m.group(1)}x{max(1, int(np.log2(n)))})")
 
@@ -87,7 +88,7 @@ class AnnIndex:
             try:
                 index.train(gallery)
             except RuntimeError as err:
-                raise CbirError(f"training --index {self.factory!r} on {len(gallery)} gallery vectors failed: "
+                raise CbirError(f"training index={self.factory!r} on {len(gallery)} gallery vectors failed: "
                                 f"{str(err).strip()}; use a smaller index (fewer lists or codes)") from err
         self.index_ = index
         self._apply_search_params()
@@ -108,16 +109,16 @@ class AnnIndex:
 
     def _apply_search_params(self) -> None:
         space = faiss.ParameterSpace()
-        for name, value, flag in (("nprobe", self.nprobe, "--nprobe"), ("efSearch", self.ef_search, "--ef-search")):
+        for name, value, param in (("nprobe", self.nprobe, "nprobe"), ("efSearch", self.ef_search, "ef_search")):
             if value is None:
                 continue
             if value < 1:
-                raise CbirError(f"{flag} must be at least 1; got {value}")
+                raise CbirError(f"{param}={value!r} must be at least 1")
             try:
                 space.set_index_parameter(self.index_, name, int(value))
             except RuntimeError as err:
                 kind = "IVF" if name == "nprobe" else "HNSW"
-                raise CbirError(f"{flag} applies to {kind} indexes only, not to {self.factory!r}") from err
+                raise CbirError(f"{param}= applies to {kind} indexes only, not to index={self.factory!r}") from err
 
     # -- searching ----------------------------------------------------------------------
     @property
@@ -144,11 +145,7 @@ class AnnIndex:
 
 def recall_vs_exact(ann_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
     """recall@k_vs_exact = mean over queries of |ANN top-k ∩ exact top-k| / k (ids -1 ignored)."""
-    ann_ids = np.asarray(ann_ids)[:, :k]
-    exact_ids = np.asarray(exact_ids)[:, :k]
-    k = exact_ids.shape[1]
-    found = [len(np.intersect1d(a[a >= 0], e)) for a, e in zip(ann_ids, exact_ids)]
-    return float(np.mean(found) / k)
+    return overlap_with_exact(np.asarray(ann_ids)[:, :k], np.asarray(exact_ids)[:, :k])
 
 
 def compare_to_exact(index: AnnIndex, queries, gallery, k: int = 10) -> dict:

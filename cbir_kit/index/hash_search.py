@@ -23,16 +23,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CbirError
+from .hashing import hamming_distances, shortlist_recall
 
 
-def hamming_distances(query_codes, gallery_codes) -> np.ndarray:
-    """All-pairs Hamming distances (Q, G) of unpacked 0/1 codes (Q, B) and (G, B)."""
-    from .hashing import hamming_distances as packed_hamming
+def unpacked_hamming_distances(query_codes, gallery_codes) -> np.ndarray:
+    """All-pairs Hamming distances (Q, G) of unpacked 0/1 codes (Q, B) and (G, B).
+
+    The codes are packed into bytes and handed to :func:`cbir_kit.index.hashing.hamming_distances`,
+    the one implementation (which takes packed codes).
+    """
 
     q, g = np.asarray(query_codes), np.asarray(gallery_codes)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise CbirError(f"codes must be (N, B) arrays of equal B; got {q.shape} and {g.shape}")
-    return packed_hamming(np.packbits(q.astype(np.uint8), axis=1), np.packbits(g.astype(np.uint8), axis=1))
+    return hamming_distances(np.packbits(q.astype(np.uint8), axis=1), np.packbits(g.astype(np.uint8), axis=1))
 
 
 def algo2_search(query_emb, gallery_emb, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +55,7 @@ def algo2_hash_search(query_codes, gallery_codes, query_emb, gallery_emb, k: int
     shortlist = 2 * k if shortlist is None else int(shortlist)
     if shortlist < k:
         raise CbirError(f"the Hamming shortlist ({shortlist}) must hold at least k = {k} items")
-    dist = hamming_distances(query_codes, gallery_codes)
+    dist = unpacked_hamming_distances(query_codes, gallery_codes)
     shortlist = min(shortlist, dist.shape[1])
     cand = np.argsort(dist, axis=1, kind="stable")[:, :shortlist]
     q = _normalise(query_emb)
@@ -63,19 +67,15 @@ def algo2_hash_search(query_codes, gallery_codes, query_emb, gallery_emb, k: int
 
 def shortlist_recall_at_k(query_codes, gallery_codes, query_feats, gallery_feats, k: int = 10) -> float:
     """Share of the exact float top k inside the 2k nearest codes (module docstring)."""
-    from .hashing import shortlist_recall
-
-    dist = hamming_distances(query_codes, gallery_codes)
+    dist = unpacked_hamming_distances(query_codes, gallery_codes)
     shortlist = np.argsort(dist, axis=1, kind="stable")[:, :2 * k]
     return shortlist_recall(shortlist, algo2_search(query_feats, gallery_feats, k)[1])
 
 
 def leave_one_out_shortlist_recall(codes, feats, rows, k: int = 10) -> float:
     """:func:`shortlist_recall_at_k` of pool items ``rows`` against the pool minus each query itself."""
-    from .hashing import shortlist_recall
-
     rows = np.asarray(rows)
-    dist = hamming_distances(np.asarray(codes)[rows], codes).astype(np.float64)
+    dist = unpacked_hamming_distances(np.asarray(codes)[rows], codes).astype(np.float64)
     dist[np.arange(len(rows)), rows] = np.inf
     f = _normalise(feats)
     sim = f[rows] @ f.T
@@ -87,7 +87,7 @@ def leave_one_out_shortlist_recall(codes, feats, rows, k: int = 10) -> float:
 
 def hamming_recall_at_k(query_codes, gallery_codes, query_labels, gallery_labels, k: int = 10) -> float:
     """Mean over queries (with R > 0) of the tie-aware R@k of the Hamming ranking (module doc)."""
-    dist = hamming_distances(query_codes, gallery_codes)
+    dist = unpacked_hamming_distances(query_codes, gallery_codes)
     rel = np.asarray(query_labels)[:, None] == np.asarray(gallery_labels)[None, :]
     k = min(int(k), dist.shape[1])
     kth = np.sort(dist, axis=1)[:, k - 1:k]

@@ -35,6 +35,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import CbirError
+from ..evaluation.metrics import overlap_with_exact
 from ..method_specs import parse_method
 from .exact import as_float32_matrix, check_k, search_leaving_out, without_own
 
@@ -198,9 +199,7 @@ def hamming_search_faiss(query_codes, gallery_codes, k: int) -> tuple[np.ndarray
 
 def shortlist_recall(shortlist_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean over queries of |shortlist ∩ exact top-k| / k (``exact_ids`` is (Q, k))."""
-    exact_ids = np.asarray(exact_ids)
-    found = [len(np.intersect1d(s, e)) for s, e in zip(np.asarray(shortlist_ids), exact_ids)]
-    return float(np.mean(found) / exact_ids.shape[1])
+    return overlap_with_exact(shortlist_ids, exact_ids)
 
 
 def rerank_inner_product(queries: np.ndarray, gallery: np.ndarray, shortlist: np.ndarray,

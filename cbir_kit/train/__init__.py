@@ -24,7 +24,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "stratified_split": "..datasets.splits", "pk_batches": ".sampling",
     "FitResult": ".fit", "HeadConfig": ".fit", "fit_head": ".fit",
     "algo2_hash_search": "..index.hash_search", "algo2_search": "..index.hash_search",
-    "hamming_distances": "..index.hash_search", "hamming_recall_at_k": "..index.hash_search",
+    "unpacked_hamming_distances": "..index.hash_search", "hamming_recall_at_k": "..index.hash_search",
     "leave_one_out_shortlist_recall": "..index.hash_search", "shortlist_recall_at_k": "..index.hash_search",
     "class_targets": ".losses", "cosine_target_loss": ".losses", "make_loss": ".losses",
     "LOSSES": ".recipes", "TrainResult": ".run", "train": ".run",
