@@ -19,7 +19,7 @@ NOTEBOOKS = PACKAGE.parent / "notebooks"
 # lower layers first; a module may import its own package and any lower layer, nothing else
 LAYERS = [
     {"errors"},                          # ground floor: every error class
-    {"_io", "_lazy", "method_specs"},    # ground floor: atomic writes, lazy exports, the method-spec parser
+    {"_io", "_lazy", "method_specs", "runtime"},   # ground floor: atomic writes, lazy exports, specs, the runtime
     {"datasets"},                        # (1) dataset -> image references + ground truth
     {"evaluation"},                      # (6) numbers from rankings: pure numpy, below every stage that ranks
     {"features"},                        # (2) images -> vectors
@@ -193,3 +193,19 @@ def test_the_command_starts_where_the_resource_module_does_not_exist():
     code = ("import sys; sys.modules['resource'] = None\n"
             "from cbir_kit.cli.app import build_parser; build_parser().format_help()")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_no_library_function_is_over_60_lines_without_a_reason():
+    """A function body over 60 lines (docstring excluded) needs a ``# long: why`` comment just above it."""
+    bad = []
+    for name, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) and len(node.body) > 1 else node.body
+                length = node.end_lineno - body[0].lineno + 1
+                first = (node.decorator_list[0].lineno if node.decorator_list else node.lineno) - 1
+                above = "\n".join(lines[max(0, first - 3):first])
+                if length > 60 and "# long:" not in above:
+                    bad.append(f"{name}.{node.name}: {length} lines")
+    assert not bad, "functions over 60 lines with no '# long:' reason:\n" + "\n".join(bad)

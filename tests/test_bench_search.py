@@ -139,14 +139,14 @@ def test_recall_is_measured_against_exact(real):
 
 
 def test_bad_arguments_are_clear_errors(real):
-    with pytest.raises(CbirError, match="--dim"):
+    with pytest.raises(CbirError, match="dim=30 must be a positive multiple of 8"):
         bench_search(real, "toy", sizes=[500], dim=30, progress=False)
     with pytest.raises(CbirError, match="unknown method"):
         parse_methods("flat,annoy", 64)
     with pytest.raises(CbirError, match="itq128"):
         parse_methods("itq128", 64)
     assert parse_methods("ivf", 64) == ["flat", "ivf"]
-    with pytest.raises(CbirError, match="--dim 512"):
+    with pytest.raises(CbirError, match="dim=512 is larger"):
         MixtureSynth(dim=512).fit(real)
 
 

@@ -98,7 +98,7 @@ def test_unknown_model_and_malformed_clip_spec():
 @pytest.mark.skipif(online("download.pytorch.org"), reason="network is reachable; this checks offline behaviour")
 def test_torchvision_weights_offline_error_names_the_offline_model(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached weights
-    with pytest.raises(ModelUnavailableError, match="--model efficientnet_lite0"):
+    with pytest.raises(ModelUnavailableError, match="use model=efficientnet_lite0"):
         build_backbone("resnet18", pretrained=True)
 
 

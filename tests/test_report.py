@@ -91,7 +91,7 @@ def test_compare_runs_methods_beside_exact(demo_features):
     assert ivf.metrics["recall@5_vs_exact"] == pytest.approx(1.0)
     assert hashed.config["hash"] == {"codes": "itq:16", "shortlist": 20, "default_shortlist": False}
     assert 0 < hashed.metrics["shortlist_recall@5"] <= 1
-    with pytest.raises(CbirError, match="--shortlist needs --hash"):  # checked before any run
+    with pytest.raises(CbirError, match="shortlist= needs hash="):  # checked before any run
         compare(["exact", "shortlist=20"], dataset="demo")
 
 
@@ -147,7 +147,7 @@ def test_cli_compare_of_ten_configurations_fits_100_columns_and_warns_once(demo_
     assert [line.split()[0] for line in lines[header + 1:header + 10]] == TEN_CONFIGS[:9]
     assert lines[header + 10].startswith("threshold=static,") and lines[header + 10].split()[0].endswith("...")
     n_gallery = demo_features[2].n_gallery
-    warning = f"cbir compare: warning: k=500 is larger than the gallery ({n_gallery} images); using k={n_gallery}"
+    warning = f"cbir compare: warning: --k 500 is larger than the gallery ({n_gallery} images); using {n_gallery}"
     assert captured.err.count(warning) == 1  # once, not once per configuration
 
 

@@ -477,7 +477,7 @@ def test_empty_query_set_and_bad_k_are_clear_errors(tmp_path):
     ds = Dataset("tiny", query=[], gallery=[str(img)], query_labels=[], gallery_labels=["a"])
     with pytest.raises(CbirError, match="query set is empty"):
         evaluate(ds, device="cpu", progress=False)
-    with pytest.raises(CbirError, match="--k must be at least 1"):
+    with pytest.raises(CbirError, match="k=0 must be at least 1"):
         evaluate(ds, device="cpu", progress=False, k=0)
 
 

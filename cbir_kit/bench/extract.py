@@ -108,7 +108,7 @@ def bench_extract(dataset: str = "demo", model: str = OFFLINE_MODEL, limit: int 
     if not images:
         raise CbirError(f"{dataset}: no images to benchmark")
     if block < 1:
-        raise CbirError(f"--block must be at least 1; got {block}")
+        raise CbirError(f"block={block} must be at least 1 (images per alternating block)")
     ex = create_extractor(model, device=device, pretrained=pretrained, batch_size=batch_size,
                           num_workers=num_workers, num_threads=num_threads, precision=precision)
     ex.extract(images[:2 * ex.batch_size], progress=False)  # builds (and freezes) the pipeline's network

@@ -89,8 +89,8 @@ class MixtureSynth:
         real = np.asarray(real, dtype=np.float64)
         n, d_real = real.shape
         if self.dim > min(n - 1, d_real):
-            raise CbirError(f"--dim {self.dim} is larger than the real features allow (PCA of {n} vectors of "
-                            f"dimension {d_real} has at most {min(n - 1, d_real)} components); use a smaller --dim")
+            raise CbirError(f"dim={self.dim} is larger than the real features allow (PCA of {n} vectors of "
+                            f"dimension {d_real} has at most {min(n - 1, d_real)} components); use a smaller dim=")
         self.mean_ = real.mean(axis=0)
         _, _, vt = np.linalg.svd(real - self.mean_, full_matrices=False)
         self.components_ = vt[:self.dim].T
@@ -165,9 +165,10 @@ def file_features(path) -> tuple[np.ndarray, str]:
     try:
         x = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as err:
-        raise CbirError(f"--features {path}: cannot read a .npy array ({err}); save one with numpy.save") from err
+        raise CbirError(f"path={str(path)!r}: cannot read a .npy feature array ({err}); save one with "
+                        "numpy.save") from err
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
-        raise CbirError(f"--features {path} must hold a 2-D float array (N, D); got {x.dtype} {x.shape}")
+        raise CbirError(f"path={str(path)!r} must hold a 2-D float feature array (N, D); got {x.dtype} {x.shape}")
     return x, f"{path.name} ({x.shape[0]} vectors, {x.shape[1]}-d)"
 
 
@@ -258,10 +259,11 @@ def parse_methods(spec: str | Sequence[str] | None, dim: int) -> list[str]:
         ok = name in METHODS[:4] or (name.startswith("itq") and name[3:].isdigit() and int(name[3:]) % 8 == 0
                                      and int(name[3:]) > 0)
         if not ok:
-            raise CbirError(f"--methods: unknown method {name!r}; choose from flat, ivf, hnsw, ivfpq, itqBITS "
-                            "(BITS a multiple of 8, e.g. itq64)")
+            raise CbirError(f"methods= names an unknown method {name!r}; choose from flat, ivf, hnsw, ivfpq, "
+                            "itqBITS (BITS a multiple of 8, e.g. itq64)")
         if name.startswith("itq") and int(name[3:]) > dim:
-            raise CbirError(f"--methods {name}: ITQ needs at least as many dimensions as bits; --dim is {dim}")
+            raise CbirError(f"methods= asks for {name}, but ITQ needs at least as many dimensions as bits; "
+                            f"got dim={dim}")
     if "flat" not in names:
         names.insert(0, "flat")  # the reference every recall and speed-up is measured against
     return names
@@ -373,13 +375,15 @@ def bench_search(real: np.ndarray, real_name: str, sizes: Sequence[int] = DEFAUL
     """Run every method at every gallery size on features shaped like ``real`` (module docstring)."""
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 100:
-        raise CbirError(f"--sizes must be gallery sizes of at least 100; got {sizes}")
+        raise CbirError(f"sizes={sizes} must be gallery sizes of at least 100")
     if dim < 8 or dim % 8:
-        raise CbirError(f"--dim must be a positive multiple of 8 (PQ codes take dim/8 bytes); got {dim}")
-    if n_queries < 1 or k < 1:
-        raise CbirError(f"--queries and --k must be at least 1; got {n_queries} and {k}")
+        raise CbirError(f"dim={dim} must be a positive multiple of 8 (PQ codes take dim/8 bytes)")
+    if n_queries < 1:
+        raise CbirError(f"n_queries={n_queries} must be at least 1 (measured queries per size)")
+    if k < 1:
+        raise CbirError(f"k={k} must be at least 1")
     if k > sizes[0]:
-        raise CbirError(f"--k {k} is larger than the smallest gallery size {sizes[0]}")
+        raise CbirError(f"k={k} is larger than the smallest gallery size {sizes[0]}")
     names = parse_methods(methods, dim)
     n_single = min(n_queries, n_single or n_queries)
     synth = MixtureSynth(dim, seed=seed).fit(real)

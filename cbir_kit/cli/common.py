@@ -39,3 +39,11 @@ def write_outputs(args, payload: dict, report) -> None:
         print(f"\nwrote {args.json}")
     if getattr(args, "report", None):
         print(f"wrote {report()}")
+
+
+def runtime_from_args(args):
+    """The :class:`cbir_kit.runtime.Runtime` of a command's shared options (built once per run)."""
+    from ..runtime import Runtime
+
+    return Runtime(root=args.root, cache_dir=args.cache, device=args.device, batch_size=args.batch_size,
+                   num_workers=args.workers, progress=not args.no_progress, seed=args.seed)

@@ -5,7 +5,7 @@ flags and prints.
 """
 from __future__ import annotations
 
-from .common import add_common, write_outputs
+from .common import add_common, runtime_from_args, write_outputs
 
 
 # printed under the table of `cbir compare`
@@ -18,9 +18,8 @@ def run_compare(args) -> int:
     from ..pipeline.job import skip_notice
     from ..report.document import key_table, summary_table, write_report
 
-    results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k, root=args.root,
-                      cache_dir=args.cache, device=args.device, batch_size=args.batch_size,
-                      num_workers=args.workers, progress=not args.no_progress, seed=args.seed)
+    results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k,
+                      runtime=runtime_from_args(args))
     first = results[0]
     print(f"{first.dataset}: {first.n_queries} queries, {first.n_gallery} gallery images, k {first.k}, "
           f"model {first.model}\n")

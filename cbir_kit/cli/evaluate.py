@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, write_outputs
+from .common import add_common, runtime_from_args, write_outputs
 
 
 def run_evaluate(args) -> int:
     from ..pipeline.job import evaluate
 
-    result = evaluate(dataset=args.dataset, model=args.model, k=args.k, root=args.root, cache_dir=args.cache,
-                      device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-                      progress=not args.no_progress, seed=args.seed, head=args.head,
-                      methods=methods_from_args(args))
+    result = evaluate(dataset=args.dataset, model=args.model, k=args.k, head=args.head,
+                      methods=methods_from_args(args), runtime=runtime_from_args(args))
     print(result.table())
     if "exact_metrics" in result.config:
         exact = result.config["exact_metrics"]

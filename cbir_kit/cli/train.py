@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..train.recipes import LOSSES
-from .common import add_common
+from .common import add_common, runtime_from_args
 
 
 def _report(result, json_path, write_result_json) -> int:
@@ -24,8 +24,7 @@ def run_train(args) -> int:
     hierarchy = read_hierarchy(args.hierarchy) if args.hierarchy else None
     result = train(dataset=args.dataset, model=args.model, config=config, out=args.out, curve=args.curve,
                    plot=not args.no_plot, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
-                   hierarchy=hierarchy, k=args.k, root=args.root, cache_dir=args.cache, device=args.device,
-                   batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+                   hierarchy=hierarchy, k=args.k, runtime=runtime_from_args(args))
     return _report(result, args.json, write_result_json)
 
 
@@ -40,8 +39,8 @@ def run_finetune(args) -> int:
                       plot=not args.no_plot, epochs=args.epochs, p=args.p, k=args.per_class,
                       mining_warmup=args.mining_warmup, patience=args.patience, out_dim=args.dim,
                       dropout=args.dropout, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
-                      seed=args.seed, pretrained=not args.random_weights, top_k=args.k, root=args.root, cache_dir=args.cache, device=args.device,
-                      batch_size=args.batch_size or 32, num_workers=args.workers, progress=not args.no_progress)
+                      pretrained=not args.random_weights, top_k=args.k,
+                      runtime=runtime_from_args(args))
     return _report(result, args.json, write_result_json)
 
 

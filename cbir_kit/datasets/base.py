@@ -46,7 +46,7 @@ def writable(folder: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise DatasetError(f"cannot write to the data folder {folder} ({err.strerror}); point --root or $CBIR_DATA "
+        raise DatasetError(f"cannot write to the data folder {folder} ({err.strerror}); point root= or $CBIR_DATA "
                            "at a folder you can write to") from None
     return folder
 

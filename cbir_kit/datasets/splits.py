@@ -62,7 +62,7 @@ def class_codes(labels, classes) -> np.ndarray:
 def hold_out(ds, train_fraction: float, val_fraction: float, seed: int) -> HoldOut:
     """Split ``ds`` (a :class:`~cbir_kit.datasets.Dataset`) for training (module docstring)."""
     if not 0.0 < val_fraction < 1.0:
-        raise CbirError(f"--val-fraction must lie strictly between 0 and 1; got {val_fraction}")
+        raise CbirError(f"val_fraction={val_fraction!r} must lie strictly between 0 and 1")
     classes = sorted(set(np.asarray(ds.gallery_labels).tolist()), key=str)
     y = class_codes(ds.gallery_labels, classes)
     train_idx, _ = stratified_split(y, train_fraction, seed)
@@ -71,7 +71,7 @@ def hold_out(ds, train_fraction: float, val_fraction: float, seed: int) -> HoldO
     keep_q, keep_g = held_out_masks(trained, ds.query, ds.gallery)
     if not keep_q.any() or keep_g.sum() < 2:
         raise CbirError(f"{ds.name}: nothing is left to test on after holding out the training images; "
-                        "lower --train-fraction")
+                        f"lower train_fraction= (now {train_fraction})")
     return HoldOut(classes, y, train_idx[fit_pos], train_idx[val_pos], keep_q, keep_g, trained)
 
 

@@ -264,7 +264,8 @@ class FeatureCache:
                 held.enter_context(_exclusive(self.dir / f"{key}.lock", waiting))
             except OSError as err:   # read-only, someone else's, or not a folder at all
                 raise CbirError(f"cannot write to the feature cache folder {self.dir} ({err.strerror or err}); "
-                                "point cache_dir (cbir --cache) or $CBIR_CACHE at a folder you can write to") from None
+                                "point cache_dir= (in a command: `cbir evaluate --cache DIR`) or $CBIR_CACHE at a "
+                                "folder you can write to") from None
             yield
 
     def _discard(self, key: str, what: Path, err: Exception) -> None:
@@ -370,6 +371,19 @@ class FeatureCache:
         for stray in self.dir.glob(f".{key}.*.tmp"):  # a publish killed before its rename
             stray.unlink(missing_ok=True)
         return manifest
+
+    def dataset_features(self, extractor: Extractor, ds, progress: bool = True,
+                         label: str = "") -> tuple[Features, Features, bool]:
+        """``(query_features, gallery_features, hit)`` of a dataset through the cache.
+
+        For a leave-one-out dataset (the queries are the gallery) both are the same object and
+        the images are embedded once; ``hit`` says whether nothing had to be extracted.
+        """
+        gallery, g_hit = self.get_or_extract(extractor, ds.gallery, progress, desc=f"gallery{label}")
+        if ds.leave_one_out:
+            return gallery, gallery, g_hit
+        query, q_hit = self.get_or_extract(extractor, ds.query, progress, desc=f"queries{label}")
+        return query, gallery, g_hit and q_hit
 
     def get_or_extract(self, extractor: Extractor, images: Sequence[ImageRef], progress: bool = True,
                        desc: str = "extract") -> tuple[Features, bool]:

@@ -73,8 +73,9 @@ class TrainedHead:
         """Raise a clear error unless features of ``model`` (with dimension ``dim``, if given) fit this head."""
         name = self.path or "the head"
         if model != self.base.get("model"):
-            raise CbirError(f"{name} was trained on features of --model {self.base.get('model')}, "
-                            f"not {model}; evaluate with --model {self.base.get('model')} or train a head for {model}")
+            raise CbirError(f"{name} was trained on features of model={self.base.get('model')!r}, not "
+                            f"model={model!r}; evaluate with model={self.base.get('model')!r} or train a head "
+                            f"for {model!r}")
         if dim is not None and dim != self.head.in_dim:
             raise CbirError(f"{name} expects {self.head.in_dim}-d features but {model} gives {dim}-d; "
                             "retrain the head on these features")
@@ -116,19 +117,20 @@ def load_head(path) -> TrainedHead:
     """Load a head file written by :func:`save_head`; errors name the file and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise CbirError(f"--head {path} does not exist; train one with `cbir train --out {path}`")
+        raise CbirError(f"head={str(path)!r} does not exist; train one with `cbir train --out {path}`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors come in many types
-        raise CbirError(f"--head {path} is not a cbir_kit head file ({type(err).__name__}: {err}); "
+        raise CbirError(f"head={str(path)!r} is not a cbir_kit head file ({type(err).__name__}: {err}); "
                         "train one with `cbir train`") from err
     if not isinstance(payload, dict) or payload.get("format") != HEAD_FORMAT:
-        raise CbirError(f"--head {path} is not a cbir_kit head file of format {HEAD_FORMAT}; retrain it with `cbir train`")
+        raise CbirError(f"head={str(path)!r} is not a cbir_kit head file of format {HEAD_FORMAT}; "
+                        "retrain it with `cbir train`")
     try:
         head = build_head(payload["head"])
         head.load_state_dict(payload["state"])
     except (KeyError, ValueError, RuntimeError) as err:
-        raise CbirError(f"--head {path} is damaged ({err}); retrain it with `cbir train`") from err
+        raise CbirError(f"head={str(path)!r} is damaged ({err}); retrain it with `cbir train`") from err
     head.eval()
     return TrainedHead(head=head, base=payload["base"], config=payload.get("config", {}),
                        metrics=payload.get("metrics", {}), protocol=payload.get("protocol", {}), path=str(path))
@@ -163,15 +165,15 @@ def read_finetuned(path) -> dict:
     """The payload of a fine-tuned network file; errors name the file and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise CbirError(f"--model finetuned:{path}: the file does not exist; make it with "
+        raise CbirError(f"model={'finetuned:' + str(path)!r}: the file does not exist; make it with "
                         f"`cbir finetune --out {path}`")
     try:  # memory-mapped: reading the protocol alone does not read the weights
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # unpickling errors come in many types
-        raise CbirError(f"--model finetuned:{path} is not a cbir_kit fine-tuned network "
+        raise CbirError(f"model={'finetuned:' + str(path)!r} is not a cbir_kit fine-tuned network "
                         f"({type(err).__name__}: {err}); make one with `cbir finetune`") from err
     if not isinstance(payload, dict) or payload.get("format") != FINETUNED_FORMAT:
-        raise CbirError(f"--model finetuned:{path} is not a cbir_kit fine-tuned network of format "
+        raise CbirError(f"model={'finetuned:' + str(path)!r} is not a cbir_kit fine-tuned network of format "
                         f"{FINETUNED_FORMAT}; make one with `cbir finetune`")
     return payload
 
@@ -185,7 +187,8 @@ def load_finetuned(path) -> nn.Module:
                                   image_size=base.get("image_size"))
         net.load_state_dict(payload["state"])
     except (KeyError, ValueError, RuntimeError) as err:
-        raise CbirError(f"--model finetuned:{path} is damaged ({err}); fine-tune again with `cbir finetune`") from err
+        raise CbirError(f"model={'finetuned:' + str(path)!r} is damaged ({err}); fine-tune again with "
+                        "`cbir finetune`") from err
     return net.eval()
 
 

@@ -152,22 +152,23 @@ def resolve_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device not in ("cpu", "cuda", "mps"):
-        raise CbirError(f"--device {device!r} is not one of auto, cpu, cuda, mps")
+        raise CbirError(f"device={device!r} is not one of auto, cpu, cuda, mps")
     if device == "cuda" and not torch.cuda.is_available():
-        raise CbirError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise CbirError("device='cuda' was asked for but no CUDA GPU is available; use device='cpu'")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CbirError("--device mps was asked for but Apple MPS is not available; use --device cpu")
+        raise CbirError("device='mps' was asked for but Apple MPS is not available; use device='cpu'")
     return torch.device(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` is fp16 on CUDA and fp32 elsewhere; fp16 needs CUDA."""
     if precision not in PRECISIONS:
-        raise CbirError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise CbirError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise CbirError("--precision fp16 needs a CUDA GPU; on the CPU use fp32 (default) or bf16")
+        raise CbirError("precision='fp16' needs a CUDA GPU; on the CPU use 'fp32' (what 'auto' picks there) "
+                        "or 'bf16'")
     return precision
 
 
@@ -251,15 +252,17 @@ class Extractor:
         self.pretrained = pretrained
         self.batch_size = int(batch_size or default_batch_size(spec))
         if self.batch_size < 1:
-            raise CbirError(f"--batch-size must be at least 1; got {batch_size}")
+            raise CbirError(f"batch_size={batch_size!r} must be at least 1")
         cores = available_cores()
         self.num_workers = int(num_workers or min(4, cores))
         self.num_threads = int(num_threads or cores)
-        if self.num_workers < 1 or self.num_threads < 1:
-            raise CbirError(f"--workers and threads must be at least 1; got {num_workers}, {num_threads}")
+        if self.num_workers < 1:
+            raise CbirError(f"num_workers={num_workers!r} must be at least 1 (image decoding threads)")
+        if self.num_threads < 1:
+            raise CbirError(f"num_threads={num_threads!r} must be at least 1 (torch threads)")
         self.streams = int(streams or (self.num_threads if self.device.type == "cpu" else 1))
         if self.streams < 1:
-            raise CbirError(f"streams must be at least 1; got {streams}")
+            raise CbirError(f"streams={streams!r} must be at least 1")
         self.threads_per_stream = max(1, self.num_threads // self.streams)
         self.prefetch_batches = max(1, int(prefetch_batches))
         self.optimize = bool(optimize)

@@ -57,7 +57,7 @@ def _offline_hint(what: str, err: Exception) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"could not download the weights of {what}: {type(err).__name__}: {err}. "
         f"This needs the network (or weights already in the cache). The offline model "
-        f"'{OFFLINE_MODEL}' needs no download: use --model {OFFLINE_MODEL}.")
+        f"'{OFFLINE_MODEL}' needs no download: use model={OFFLINE_MODEL}.")
 
 
 def load_efficientnet_lite0_weights(model: nn.Module) -> None:

@@ -69,7 +69,7 @@ def check_spec(spec: str) -> ModelSpec:
     """:func:`parse_model`, and for ``finetuned:PATH`` the file must exist (nothing is built)."""
     parsed = parse_model(spec)
     if parsed.kind == "finetuned" and not parsed.path.is_file():
-        raise CbirError(f"model {spec!r}: {parsed.path} does not exist; make it with "
+        raise CbirError(f"model={spec!r}: {parsed.path} does not exist; make it with "
                         f"`cbir finetune --out {parsed.path}`")
     return parsed
 

@@ -301,6 +301,8 @@ def install(shell, cells_file: str) -> None:
     private["_install"](shell, cells_file)
 
 
+# long: the audit hook and the stubs it serves must share one closure (nothing else may reach the
+# compiled tests or the secret), so they are defined together here rather than as module functions
 def _install(shell, cells_file: str) -> None:
     for name in PRELOAD:
         importlib.import_module(name)

@@ -84,7 +84,7 @@ def _course(course: str | Path) -> Course:
     course = settings.root
     if not (course / "nbgrader_config.py").is_file():
         raise CbirError(f"{course} is not an nbgrader course: it has no nbgrader_config.py "
-                        "(pass the course folder with --course; the repository's is grading/)")
+                        "(pass the course folder as course=; the repository's is grading/)")
     sync_sources(settings)
     if not (course / "source").is_dir():
         raise CbirError(f"{course} is not an nbgrader course: it has no source/ folder "

@@ -232,7 +232,7 @@ class HashIndex:
 
     def __init__(self, hasher: _SignHasher, shortlist: int | None = None):
         if shortlist is not None and shortlist < 1:
-            raise CbirError(f"--shortlist must be at least 1; got {shortlist}")
+            raise CbirError(f"shortlist={shortlist} must be at least 1")
         self.hasher = hasher
         self.shortlist = shortlist
 

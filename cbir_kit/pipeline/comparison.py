@@ -25,9 +25,10 @@ import dataclasses
 import inspect
 
 from ..errors import CbirError
+from ..runtime import RUNTIME_OPTIONS
 
 # evaluate() arguments that belong to the whole comparison, not to one configuration
-SHARED = ("dataset", "model", "k", "root", "cache_dir", "device", "batch_size", "num_workers", "progress", "seed")
+SHARED = ("dataset", "model", "k", "runtime", *RUNTIME_OPTIONS)
 
 
 def _convert(value: str):
@@ -53,7 +54,8 @@ def config_keys() -> list[str]:
     """The keys a configuration may set: the method keys and evaluate()'s own per-run arguments."""
     from .job import evaluate
 
-    own = [name for name in inspect.signature(evaluate).parameters if name not in SHARED and name != "methods"]
+    own = [p.name for p in inspect.signature(evaluate).parameters.values()
+           if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in SHARED and p.name != "methods"]
     return method_keys() + own
 
 
@@ -99,14 +101,14 @@ def evaluate_kwargs(config: dict) -> dict:
 def compare(configs, dataset="demo", labels=None, **shared) -> list:
     """Run :func:`~cbir_kit.evaluate.evaluate` once per configuration; returns the results.
 
-    ``shared`` holds the arguments common to every run (model, k, cache_dir, ...).  Each
+    ``shared`` holds the arguments common to every run (model, k, and a ``runtime`` or its options).  Each
     result's ``config["label"]`` is its configuration string (or ``labels[i]``).
     """
     from .job import evaluate
 
     configs = list(configs)
     if not configs:
-        raise CbirError("compare needs at least one configuration, e.g. --configs exact index=HNSW32")
+        raise CbirError("compare needs at least one configuration in configs=, e.g. 'exact' and 'index=HNSW32'")
     unknown = set(shared) - set(SHARED)
     if unknown:
         raise CbirError(f"compare: {sorted(unknown)} belong in a configuration string, not in the shared arguments")

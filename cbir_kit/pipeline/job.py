@@ -20,6 +20,7 @@ from ..evaluation import revisitop_map
 from ..features import FeatureCache, OFFLINE_MODEL, create_extractor
 from ..features.specs import FINETUNED_PREFIX
 from ..index import ExactIndex
+from ..runtime import Runtime, runtime_of
 
 
 @dataclass
@@ -161,69 +162,88 @@ def clamp_k(k: int, n_gallery: int, leave_one_out: bool) -> int:
     most = n_gallery - (1 if leave_one_out else 0)
     if k > most >= 1:
         loo = f", {most} of them retrievable per query under leave-one-out" if leave_one_out else ""
-        warnings.warn(f"k={k} is larger than the gallery ({n_gallery} images{loo}); using k={most}",
+        warnings.warn(f"k={k} is larger than the gallery ({n_gallery} images{loo}); using {most}",
                       CbirWarning, stacklevel=2)
     return min(k, most)
 
 
+def embed_dataset(ds: Dataset, model: str, runtime: Runtime):
+    """Features of ``ds`` through the cache, images that failed to load dropped (with a note each).
+
+    Returns ``(ds, queries, gallery, info)``; ``info`` holds the extractor, the cache, the
+    seconds and images of extraction, whether it was a cache hit, and the skipped images.
+    """
+    extractor = create_extractor(model, device=runtime.device, batch_size=runtime.batch_size,
+                                 num_workers=runtime.num_workers)
+    cache = FeatureCache(runtime.cache_dir)
+    t0 = time.perf_counter()
+    query_feats, gallery_feats, hit = cache.dataset_features(extractor, ds, runtime.progress)
+    info = {"extractor": extractor, "cache": cache, "extract_s": time.perf_counter() - t0, "hit": hit,
+            "n_images": ds.n_gallery + (0 if ds.leave_one_out else ds.n_queries)}
+    skipped = [(img, reason) for _, img, reason in gallery_feats.failures]
+    if not ds.leave_one_out:
+        skipped += [(img, reason) for _, img, reason in query_feats.failures]
+    if skipped:
+        ds = ds.subset(query_feats.ok, gallery_feats.ok)
+    queries = query_feats.vectors[query_feats.ok]
+    if len(queries) == 0:
+        raise CbirError(f"{ds.name}: no query image could be loaded")
+    info["skipped"] = skipped
+    return ds, queries, gallery_feats.vectors[gallery_feats.ok], info
+
+
+def hold_out_trained_images(model: str, trained_head, ds: Dataset, queries, gallery):
+    """Leave out what a head or a fine-tuned network was trained on; ``(ds, queries, gallery, config)``.
+
+    The head maps the features too.  The config entry says what was left out (empty when nothing).
+    """
+    if trained_head is not None:
+        ds, queries, gallery, held_out = trained_head.prepare_evaluation(model, ds, queries, gallery)
+        return ds, queries, gallery, ({"head": held_out} if held_out else {})
+    if model.startswith(FINETUNED_PREFIX):  # a fine-tuned network is tested on what it was not trained on
+        from ..features.checkpoint import finetuned_hold_out
+        ds, queries, gallery, held_out = finetuned_hold_out(model, ds, queries, gallery)
+        return ds, queries, gallery, ({"held_out": held_out} if held_out else {})
+    return ds, queries, gallery, {}
+
+
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
-             root=None, cache_dir=None, device: str = "auto", batch_size: int | None = None,
-             num_workers: int | None = None, progress: bool = True, seed: int = 0,
-             head: str | os.PathLike | None = None, methods=None) -> EvalResult:
+             head: str | os.PathLike | None = None, methods=None, runtime: Runtime | None = None,
+             **runtime_options) -> EvalResult:
     """Run the whole pipeline once and measure it (see the module docstring).
 
-    ``methods``: a :class:`cbir_kit.retrieval.Methods` (ANN index, hash shortlist, QE, DBA,
+    ``methods``: a :class:`cbir_kit.pipeline.stages.Methods` (ANN index, hash shortlist, QE, DBA,
     k-reciprocal re-ranking, TTA, threshold); the exact metrics then move to
     ``config["exact_metrics"]`` and ``metrics`` / ``timings`` describe the methods' pipeline.
 
     ``head``: a head file from ``cbir train``; it maps the frozen features of queries and
     gallery before indexing, and the images it was trained on are left out (held-out test).
     A ``finetuned:PATH`` model (``cbir finetune``) leaves out its training images the same way.
+
+    ``runtime`` (:class:`cbir_kit.runtime.Runtime`): data root, cache, device, batch size,
+    decoding threads, progress bars and seed; single fields may be given as keywords instead,
+    e.g. ``evaluate("demo", progress=False)``.
     """
+    rt = runtime_of(runtime, runtime_options)
     if k < 1:
-        raise CbirError(f"--k must be at least 1; got {k}")
+        raise CbirError(f"k={k!r} must be at least 1")
     t_start = time.perf_counter()
     trained_head = None
     if head is not None:  # checked before any extraction: a wrong head fails fast
         from ..features.checkpoint import load_head
         trained_head = load_head(head)
         trained_head.check_base(model)
-    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
+    if methods is not None and methods.tta and trained_head is not None:
+        raise CbirError("tta= cannot be combined with head= (the head maps features, not images)")
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=rt.root, seed=rt.seed)
     if ds.n_queries == 0:
         raise CbirError(f"{ds.name}: the query set is empty")
-    extractor = create_extractor(model, device=device, batch_size=batch_size, num_workers=num_workers)
-    cache = FeatureCache(cache_dir)
-
-    t0 = time.perf_counter()
-    gallery_feats, g_hit = cache.get_or_extract(extractor, ds.gallery, progress, desc="gallery")
-    if ds.leave_one_out:
-        query_feats, q_hit = gallery_feats, g_hit
-    else:
-        query_feats, q_hit = cache.get_or_extract(extractor, ds.query, progress, desc="queries")
-    extract_s = time.perf_counter() - t0
-    n_images = ds.n_gallery + (0 if ds.leave_one_out else ds.n_queries)
-
-    skipped = [(img, reason) for _, img, reason in gallery_feats.failures]
-    if not ds.leave_one_out:
-        skipped += [(img, reason) for _, img, reason in query_feats.failures]
-    if skipped:
-        ds = ds.subset(query_feats.ok, gallery_feats.ok)
-    gallery = gallery_feats.vectors[gallery_feats.ok]
-    queries = query_feats.vectors[query_feats.ok]
-    if len(queries) == 0:
-        raise CbirError(f"{ds.name}: no query image could be loaded")
-    held_out, held_out_key = {}, "head"
-    if trained_head is not None:
-        ds, queries, gallery, held_out = trained_head.prepare_evaluation(model, ds, queries, gallery)
-    elif model.startswith(FINETUNED_PREFIX):  # a fine-tuned network is tested on what it was not trained on
-        from ..features.checkpoint import finetuned_hold_out
-        ds, queries, gallery, held_out = finetuned_hold_out(model, ds, queries, gallery)
-        held_out_key = "held_out"
+    ds, queries, gallery, extraction = embed_dataset(ds, model, rt)
+    ds, queries, gallery, held_out = hold_out_trained_images(model, trained_head, ds, queries, gallery)
 
     t0 = time.perf_counter()
     index = ExactIndex("ip").fit(gallery)
     index_build_s = time.perf_counter() - t0
-
     k_eff = clamp_k(k, index.ntotal, ds.leave_one_out)
     t0 = time.perf_counter()
     index.search(queries, k_eff, own_ids=np.arange(len(queries)) if ds.leave_one_out else None)
@@ -233,25 +253,20 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     method_timings, method_config = {}, {}
     if methods is not None and methods.active():
         from .stages import apply_methods
-        if trained_head is not None and methods.tta:
-            raise CbirError("--tta cannot be combined with --head (the head maps features, not images)")
         metric_values, ap, top, method_timings, method_config = apply_methods(
-            methods, queries, gallery, ds, k_eff, metric_values, extractor, cache, progress, seed)
-    total_s = time.perf_counter() - t_start
-    timings = {
-        "extract_s": extract_s,
-        "images_per_s": n_images / extract_s if extract_s > 0 else float("inf"),
-        "index_build_s": index_build_s,
-        "search_ms_per_query": 1000.0 * search_s / len(queries),
-        **method_timings,
-        "total_s": total_s,
-    }
+            methods, queries, gallery, ds, k_eff, metric_values, extraction["extractor"], extraction["cache"], rt)
+    extract_s = extraction["extract_s"]
+    timings = {"extract_s": extract_s,
+               "images_per_s": extraction["n_images"] / extract_s if extract_s > 0 else float("inf"),
+               "index_build_s": index_build_s, "search_ms_per_query": 1000.0 * search_s / len(queries),
+               **method_timings, "total_s": time.perf_counter() - t_start}
     return EvalResult(
         dataset=ds.name, model=model, n_queries=len(queries), n_gallery=len(gallery), k=k_eff,
         metrics=metric_values, timings=timings,
-        cache={"hit": bool(g_hit and q_hit), "dir": str(cache.dir)},
-        skipped=skipped, config={"seed": seed, "device": str(extractor.device), "index": "Flat",
-                                 "metric": "inner product (cosine on L2-normalised features)",
-                                 **({held_out_key: held_out} if held_out else {}), **method_config},
+        cache={"hit": bool(extraction["hit"]), "dir": str(extraction["cache"].dir)},
+        skipped=extraction["skipped"], config={"seed": rt.seed, "device": str(extraction["extractor"].device),
+                                               "index": "Flat",
+                                               "metric": "inner product (cosine on L2-normalised features)",
+                                               **held_out, **method_config},
         per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )

@@ -167,10 +167,7 @@ def embed(ds: Dataset, model: str | None = None, cache_dir=None, device: str = "
     that fail to decode raise an error naming them (the course data should be clean).
     """
     extractor = create_extractor(model or OFFLINE_MODEL, device=device)
-    cache = FeatureCache(cache_dir)
-    gallery, _ = cache.get_or_extract(extractor, ds.gallery, progress=progress, desc="gallery")
-    query = gallery if ds.leave_one_out else cache.get_or_extract(extractor, ds.query, progress=progress,
-                                                                  desc="queries")[0]
+    query, gallery, _ = FeatureCache(cache_dir).dataset_features(extractor, ds, progress)
     failures = gallery.failures + ([] if ds.leave_one_out else query.failures)
     if failures:
         shown = "; ".join(f"{img}: {reason}" for _, img, reason in failures[:3])

@@ -27,6 +27,7 @@ from ..index.exact import ExactIndex, without_own
 from ..index.ann import AnnIndex, recall_vs_exact
 from ..index.hashing import HashIndex, make_hasher, shortlist_recall
 from ..method_specs import parse_method
+from ..runtime import Runtime
 from ..rerank import database_augmentation, k_reciprocal_rerank_features, query_expansion
 from ..threshold.rules import calibrate, calibration_split, retrieval_metrics
 
@@ -225,8 +226,8 @@ def threshold_stage(run: Run, ids: np.ndarray, dist: np.ndarray) -> dict:
 
 
 def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds, k: int,
-                  exact_metrics: dict, extractor=None, cache=None, progress: bool = False,
-                  seed: int = 0) -> tuple[dict, np.ndarray, np.ndarray, dict, dict]:
+                  exact_metrics: dict, extractor=None, cache=None,
+                  runtime: Runtime | None = None) -> tuple[dict, np.ndarray, np.ndarray, dict, dict]:
     """Run the configured stages in the module docstring's order.
 
     Returns ``(metrics, per-query AP, top-k ids, timings, config)``; ``recall@k_vs_exact`` compares
@@ -236,10 +237,11 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
     if ds.gnd is not None:
         raise CbirError("the retrieval methods need label ground truth; revisitop sets are evaluated "
                         "with the exact index only")
-    run = Run(methods, ds, k, queries, gallery, seed)
+    runtime = runtime or Runtime()
+    run = Run(methods, ds, k, queries, gallery, runtime.seed)
     _, exact_top = ExactIndex("ip").fit(gallery).search(queries, k, own_ids=run.own)
     if methods.tta:
-        tta_stage(run, extractor, cache, progress)
+        tta_stage(run, extractor, cache, runtime.progress)
     if methods.dba:
         dba_stage(run)
     index, depth = index_stage(run)

@@ -51,6 +51,6 @@ def database_augmentation(gallery, n: int = 5, alpha: float = 0.0) -> np.ndarray
     _check(n, alpha, "database-side augmentation")
     gallery = as_float32_matrix(gallery, "gallery")
     if n >= len(gallery):
-        raise CbirError(f"--dba {n} needs more than {n} gallery vectors; the gallery has {len(gallery)}")
+        raise CbirError(f"database_augmentation with n={n} needs more than {n} gallery vectors; the gallery has {len(gallery)}")
     sims, ids = ExactIndex("ip").fit(gallery).search(gallery, n, own_ids=np.arange(len(gallery)))
     return _expand(gallery, gallery[ids], sims, alpha)

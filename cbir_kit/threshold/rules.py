@@ -163,7 +163,7 @@ def calibrate(dist, relevant, method: str = "static", groups=None, n_grid: int =
         t, f1 = _best_T(dist, relevant, _candidates(dist, n_grid))
         return StaticThreshold(T=t, calibration_f1=f1)
     if method != "dynamic":
-        raise CbirError(f"--threshold must be static or dynamic; got {method!r}")
+        raise CbirError(f"method={method!r} must be static or dynamic")
     best = None
     static_grid = _candidates(dist, n_grid)
     for n in n_values:

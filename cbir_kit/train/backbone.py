@@ -75,7 +75,7 @@ class Finetuner:
     def __init__(self, net: EmbeddingNet, config: FinetuneConfig | None = None, device: str | torch.device = "cpu"):
         self.config = config = config or FinetuneConfig()
         if config.accumulation < 1:
-            raise CbirError(f"accumulation must be at least 1; got {config.accumulation}")
+            raise CbirError(f"accumulation={config.accumulation!r} must be at least 1")
         self.device = torch.device(device)
         self.net = net.to(self.device)
         self.loss_fn, self.miner = make_loss(config.loss)

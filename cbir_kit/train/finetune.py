@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .._io import write_json
 from ..datasets import Dataset
 from ..errors import CbirError
+from ..runtime import Runtime, runtime_of
 from ..features import FeatureCache, create_extractor, resolve_device
 from ..datasets.images import open_image
 from ..features.embedding_net import build_embedding_net
@@ -126,63 +127,44 @@ class FinetuneResult:
                  f"{self.history['val_mAP'][self.best_epoch - 1]:.4f})"
                  + ("; stopped early" if self.stopped_early else ""),
                  *metric_columns(self.frozen, self.trained, "fine-tuned"),
-                 "", f"network  {self.path}  (use it as --model finetuned:{self.path})"]
+                 "", f"network  {self.path}  (use it as the model finetuned:{self.path})"]
         if self.curve_path:
             lines.append(f"curve    {self.curve_path}")
         return "\n".join(lines)
 
 
-def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
-             config: FinetuneConfig | None = None, out: str | os.PathLike = "finetuned.pt",
-             curve: str | os.PathLike | None = None, plot: bool = True, epochs: int = 10, p: int = 32, k: int = 4,
-             mining_warmup: int = 1, patience: int = 3, out_dim: int = 512, dropout: float = 0.1,
-             train_fraction: float = 0.5, val_fraction: float = 0.2, seed: int = 0, pretrained: bool = True,
-             image_size: int | None = None, top_k: int = 10, root=None, cache_dir=None, device: str = "auto",
-             batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> FinetuneResult:
-    """Run the protocol of the module docstring; save the best network to ``out``.
+@dataclass
+class EpochData:
+    """What the epochs of :func:`finetune` train and validate on (gallery rows of the fit split)."""
 
-    ``pretrained=False`` starts from random weights (for tests); ``image_size`` builds an
-    open_clip ViT for that input size.  With ``plot`` the loss curve goes to ``curve``
-    (default: ``out`` with suffix ``.png``).
+    fit_refs: list
+    y_fit: np.ndarray
+    pool_refs: list          # fit images, then validation images
+    pool_labels: np.ndarray
+    val_rows: np.ndarray     # rows of the validation images in the pool
+
+
+def train_epochs(net, tuner: Finetuner, data: EpochData, p: int, k: int, epochs: int, patience: int, dev,
+                 workers: int, batch_size: int, seed: int, progress: bool, desc: str) -> dict:
+    """P-K epochs with early stopping on the validation mAP; ``net`` ends with its best state.
+
+    Validation: leave-one-out mAP of the validation images against the fit + validation pool.
+    Returns ``history``, ``best_map``, ``best_epoch``, ``stopped_early`` and ``fit_s``.
     """
-    config = config or FinetuneConfig()
-    if epochs < 1 or patience < 1 or p < 2 or k < 2:
-        raise CbirError(f"--epochs and --patience must be at least 1 and --p, --per-class at least 2; "
-                        f"got {epochs}, {patience}, {p}, {k}")
-    t_start = time.perf_counter()
-    torch.manual_seed(seed)
-    frozen_extractor = create_extractor(model, device=device, pretrained=pretrained, num_workers=num_workers)
-    cache = FeatureCache(cache_dir)
-    ds, queries, gallery = labelled_features(dataset, frozen_extractor, cache, root, seed, progress)
-    split = hold_out(ds, train_fraction, val_fraction, seed)
-    ds_test = ds.subset(split.keep_query, split.keep_gallery)
-
-    dev = resolve_device(device)
-    workers = frozen_extractor.num_workers if num_workers is None else num_workers
-    net = build_embedding_net(model, out_dim, dropout, pretrained=pretrained, image_size=image_size).to(dev)
-    fit_refs, y_fit = [ds.gallery[i] for i in split.fit_idx], split.labels[split.fit_idx]
-    pool_refs = fit_refs + [ds.gallery[i] for i in split.val_idx]
-    pool_labels = np.concatenate([y_fit, split.labels[split.val_idx]])
-    val_rows = np.arange(len(fit_refs), len(pool_refs))
-    batches_per_epoch = len(pk_batches(y_fit, p, k, len(fit_refs), seed))
-    steps_per_epoch = max(1, batches_per_epoch // config.accumulation)
-    config = FinetuneConfig(**{**asdict(config), "total_steps": epochs * steps_per_epoch,
-                               "mining_after_step": mining_warmup * steps_per_epoch})
-    tuner = Finetuner(net, config, dev)
-    train_data = LabelledImages(fit_refs, y_fit, training_transform(net.preprocess))
-
+    train_data = LabelledImages(data.fit_refs, data.y_fit, training_transform(net.preprocess))
     history = {"epoch": [], "loss": [], "val_mAP": [], "lr": []}  # lr: the head's, at the end of the epoch
     best_state, best_map, best_epoch, since_best, stopped_early = None, -1.0, 0, 0, False
     t0 = time.perf_counter()
-    bar = tqdm(range(epochs), desc=f"fine-tune {model}", unit="epoch", disable=not progress)
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress)
     for epoch in bar:
-        batches = pk_batches(y_fit, p, k, len(fit_refs), seed * 100003 + epoch)
+        batches = pk_batches(data.y_fit, p, k, len(data.fit_refs), seed * 100003 + epoch)
         loader = DataLoader(train_data, batch_sampler=batches, num_workers=workers, pin_memory=dev.type == "cuda",
                             generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         losses = [tuner.step(x, y)["loss"] for x, y in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch",
                                                              leave=False, disable=not progress)]
-        pool = embed_images(net, pool_refs, net.preprocess, dev, batch_size, workers)
-        val_map = leave_one_out_map(pool[val_rows], pool_labels[val_rows], pool, pool_labels, val_rows)
+        pool = embed_images(net, data.pool_refs, net.preprocess, dev, batch_size, workers)
+        rows = data.val_rows
+        val_map = leave_one_out_map(pool[rows], data.pool_labels[rows], pool, data.pool_labels, rows)
         history["epoch"].append(epoch + 1)
         history["loss"].append(float(np.mean(losses)))
         history["val_mAP"].append(val_map)
@@ -196,8 +178,51 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
                 stopped_early = True
                 break
     bar.close()
-    fit_s = time.perf_counter() - t0
     net.load_state_dict(best_state)
+    return {"history": history, "best_map": best_map, "best_epoch": best_epoch, "stopped_early": stopped_early,
+            "fit_s": time.perf_counter() - t0}
+
+
+def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
+             config: FinetuneConfig | None = None, out: str | os.PathLike = "finetuned.pt",
+             curve: str | os.PathLike | None = None, plot: bool = True, epochs: int = 10, p: int = 32, k: int = 4,
+             mining_warmup: int = 1, patience: int = 3, out_dim: int = 512, dropout: float = 0.1,
+             train_fraction: float = 0.5, val_fraction: float = 0.2, pretrained: bool = True,
+             image_size: int | None = None, top_k: int = 10, runtime: Runtime | None = None,
+             **runtime_options) -> FinetuneResult:
+    """Run the protocol of the module docstring; save the best network to ``out``.
+
+    ``pretrained=False`` starts from random weights (for tests); ``image_size`` builds an
+    open_clip ViT for that input size.  With ``plot`` the loss curve goes to ``curve``
+    (default: ``out`` with suffix ``.png``).  ``runtime`` (or its fields as keywords, e.g.
+    ``seed=1, progress=False``): data root, cache, device, batch size (default 32 here),
+    decoding threads, progress bars and the seed of the split, the batches and the initialisation.
+    """
+    config, rt = config or FinetuneConfig(), runtime_of(runtime, runtime_options)
+    for name, value, least in (("epochs", epochs, 1), ("patience", patience, 1), ("p", p, 2)):
+        if value < least:
+            raise CbirError(f"{name}={value!r} must be at least {least}")
+    if k < 2:  # not written as k=: the cbir command would print that as its top-k option
+        raise CbirError(f"k, the images per class in a batch, must be at least 2; got {k}")
+    t_start, seed = time.perf_counter(), rt.seed
+    torch.manual_seed(seed)
+    frozen_extractor = create_extractor(model, device=rt.device, pretrained=pretrained, num_workers=rt.num_workers)
+    cache = FeatureCache(rt.cache_dir)
+    ds, queries, gallery = labelled_features(dataset, frozen_extractor, cache, rt)
+    split = hold_out(ds, train_fraction, val_fraction, seed)
+    ds_test = ds.subset(split.keep_query, split.keep_gallery)
+
+    dev, batch_size = resolve_device(rt.device), rt.batch_size or 32
+    net = build_embedding_net(model, out_dim, dropout, pretrained=pretrained, image_size=image_size).to(dev)
+    fit_refs, y_fit = [ds.gallery[i] for i in split.fit_idx], split.labels[split.fit_idx]
+    pool_refs = fit_refs + [ds.gallery[i] for i in split.val_idx]
+    data = EpochData(fit_refs, y_fit, pool_refs, np.concatenate([y_fit, split.labels[split.val_idx]]),
+                     np.arange(len(fit_refs), len(pool_refs)))
+    steps_per_epoch = max(1, len(pk_batches(y_fit, p, k, len(fit_refs), seed)) // config.accumulation)
+    config = FinetuneConfig(**{**asdict(config), "total_steps": epochs * steps_per_epoch,
+                               "mining_after_step": mining_warmup * steps_per_epoch})
+    run = train_epochs(net, Finetuner(net, config, dev), data, p, k, epochs, patience, dev,
+                       frozen_extractor.num_workers, batch_size, seed, rt.progress, f"fine-tune {model}")
 
     protocol = {
         "description": "gallery split per class into train/held-out; test = queries vs held-out gallery",
@@ -211,26 +236,25 @@ def finetune(dataset: str | Dataset = "demo", model: str = "efficientnet_lite0",
             "image_size": image_size}
     settings = {**asdict(config), "epochs": epochs, "p": p, "k": k, "mining_warmup": mining_warmup,
                 "patience": patience}
-    save_finetuned(out, net, base, settings, {"best_val_mAP": best_map, "best_epoch": best_epoch}, protocol)
+    save_finetuned(out, net, base, settings, {"best_val_mAP": run["best_map"], "best_epoch": run["best_epoch"]},
+                   protocol)
 
     k_eff = held_out_k(top_k, ds_test)
     frozen = held_out_metrics(queries[split.keep_query], gallery[split.keep_gallery], ds_test, k_eff)
-    tuned_extractor = create_extractor(f"finetuned:{out}", device=device, batch_size=batch_size,
-                                       num_workers=num_workers)
-    g_tuned, _ = cache.get_or_extract(tuned_extractor, ds_test.gallery, progress, desc="held-out gallery")
-    q_tuned = g_tuned if ds.leave_one_out else \
-        cache.get_or_extract(tuned_extractor, ds_test.query, progress, desc="queries")[0]
+    tuned_extractor = create_extractor(f"finetuned:{out}", device=rt.device, batch_size=batch_size,
+                                       num_workers=rt.num_workers)
+    q_tuned, g_tuned, _ = cache.dataset_features(tuned_extractor, ds_test, rt.progress, label=" (held-out)")
     trained = held_out_metrics(q_tuned.vectors, g_tuned.vectors, ds_test, k_eff)
 
     curve_path = None
     if plot:
-        curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), history, best_epoch,
+        curve_path = str(save_curve(curve or Path(out).with_suffix(".png"), run["history"], run["best_epoch"],
                                     f"{ds.name} | {model} fine-tuned"))
     public_protocol = {key: v for key, v in protocol.items() if key != "trained_fingerprints"}
     return FinetuneResult(dataset=ds.name, model=model, protocol=public_protocol, frozen=frozen, trained=trained,
-                          history=history, best_epoch=best_epoch, stopped_early=stopped_early, path=str(out),
-                          curve_path=curve_path,
-                          timings={"fit_s": fit_s, "total_s": time.perf_counter() - t_start})
+                          history=run["history"], best_epoch=run["best_epoch"], stopped_early=run["stopped_early"],
+                          path=str(out), curve_path=curve_path,
+                          timings={"fit_s": run["fit_s"], "total_s": time.perf_counter() - t_start})
 
 
 def write_result_json(result: FinetuneResult, path) -> None:

@@ -84,11 +84,11 @@ class HeadConfig:
 
     def check(self) -> None:
         if self.kind not in ("projection", "hash"):
-            raise CbirError(f"--head-kind {self.kind!r} must be projection or hash")
+            raise CbirError(f"kind={self.kind!r} must be 'projection' or 'hash'")
         if self.hash_init not in ("itq", "random"):
             raise CbirError(f"hash_init {self.hash_init!r} must be itq or random")
         if self.lr is not None and self.lr <= 0:
-            raise CbirError(f"--lr must be positive; got {self.lr}")
+            raise CbirError(f"lr={self.lr!r} must be positive")
         for name in ("init_scale", "feature_temp", "code_temp"):
             if getattr(self, name) <= 0:
                 raise CbirError(f"{name} must be positive; got {getattr(self, name)}")
@@ -184,8 +184,9 @@ def _hash_start(head: HashHead, x_train: torch.Tensor, config: HeadConfig) -> No
     from ..index.hashing import ITQHasher
 
     if config.n_bits % 8 or config.n_bits > x_train.shape[1]:
-        raise CbirError(f"an ITQ start needs --bits a multiple of 8 and at most the feature dimension "
-                        f"{x_train.shape[1]}; got {config.n_bits} (or start from random weights)")
+        raise CbirError(f"an ITQ start needs n_bits= (the hash layer's bits) to be a multiple of 8 and at most "
+                        f"the feature dimension {x_train.shape[1]}; got n_bits={config.n_bits} (or start from "
+                        "random weights)")
     itq = ITQHasher(config.n_bits, seed=config.seed).fit(x_train.numpy())
     spread = float(((x_train.numpy() - itq.mean_) @ itq.projection_).std())
     head.init_from_projection(itq.mean_, itq.projection_, config.init_scale / max(spread, 1e-12))
@@ -218,20 +219,22 @@ def _validate(head, x_val, y_val, pool, pool_labels, val_rows, kind) -> tuple[fl
     return val_map, leave_one_out_shortlist_recall(codes, pool, val_rows, k=10)
 
 
-def _fit(x_train, y_train, x_val, y_val, pool, pool_labels, val_rows, config, targets, progress) -> FitResult:
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+def _make_head(x_train, config: HeadConfig, targets):
+    """``(head, loss, miner, targets tensor)`` of ``config.kind``: a hash head trains against class targets."""
     if config.kind == "hash":
         if targets is None:
             raise CbirError("the hash head needs class targets (see cbir_kit.train.losses.class_targets)")
         head = HashHead(x_train.shape[1], config.n_bits, targets.shape[1])
         if config.hash_init == "itq":
             _hash_start(head, x_train, config)
-        target_t = torch.as_tensor(targets, dtype=torch.float32)
-        loss_fn = miner = None
-    else:
-        head = ProjectionHead(x_train.shape[1], config.out_dim, config.dropout)
-        loss_fn, miner = make_loss(config.loss)
+        return head, None, None, torch.as_tensor(targets, dtype=torch.float32)
+    return (ProjectionHead(x_train.shape[1], config.out_dim, config.dropout), *make_loss(config.loss), None)
+
+
+def _fit(x_train, y_train, x_val, y_val, pool, pool_labels, val_rows, config, targets, progress) -> FitResult:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    head, loss_fn, miner, target_t = _make_head(x_train, config, targets)
     optimiser = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     epochs_batches = len(pk_batches(y_train.numpy(), config.p, config.k, len(x_train), config.seed))
     total = config.epochs * epochs_batches

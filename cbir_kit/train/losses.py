@@ -45,7 +45,7 @@ from .recipes import LOSSES
 def make_loss(name: str):
     """``(loss, miner)`` for a loss named in :data:`cbir_kit.train.recipes.LOSSES`."""
     if name not in LOSSES:
-        raise CbirError(f"loss {name!r} is not one of {', '.join(LOSSES)}")
+        raise CbirError(f"loss={name!r} is not one of {', '.join(LOSSES)}")
     (loss_class, loss_args), (miner_class, miner_args) = LOSSES[name]
     return getattr(losses, loss_class)(**loss_args), getattr(miners, miner_class)(**miner_args)
 

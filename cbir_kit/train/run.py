@@ -48,6 +48,7 @@ from .._io import atomic_path, write_json
 from ..pipeline.job import full_ranking_metrics
 from ..features import OFFLINE_MODEL, FeatureCache, create_extractor
 from ..index import ExactIndex
+from ..runtime import Runtime, runtime_of
 from ..features.checkpoint import TrainedHead, save_head
 from ..datasets.splits import hold_out
 from .fit import FitResult, HeadConfig, fit_head
@@ -106,18 +107,17 @@ class TrainResult:
         return "\n".join(lines)
 
 
-def labelled_features(dataset: str | Dataset, extractor, cache: FeatureCache, root, seed: int,
-                      progress: bool) -> tuple[Dataset, np.ndarray, np.ndarray]:
+def labelled_features(dataset: str | Dataset, extractor, cache: FeatureCache,
+                      runtime: Runtime) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """``(dataset, query features, gallery features)`` from the feature cache, for training.
 
     Refuses revisitop ground truth (no class labels); images that fail to decode are left out.
     """
-    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=root, seed=seed)
+    ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=runtime.root, seed=runtime.seed)
     if ds.gnd is not None:
         raise CbirError(f"{ds.name} has revisitop ground truth (no class labels to train on); "
                         "train on a labelled dataset such as corel1k or csv:PATH")
-    g_feats, _ = cache.get_or_extract(extractor, ds.gallery, progress, desc="gallery")
-    q_feats = g_feats if ds.leave_one_out else cache.get_or_extract(extractor, ds.query, progress, desc="queries")[0]
+    q_feats, g_feats, _ = cache.dataset_features(extractor, ds, runtime.progress)
     if not (g_feats.ok.all() and q_feats.ok.all()):
         ds = ds.subset(q_feats.ok, g_feats.ok)
     return ds, q_feats.vectors[q_feats.ok], g_feats.vectors[g_feats.ok]
@@ -151,14 +151,15 @@ def read_hierarchy(path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise CbirError(f"--hierarchy {path} does not exist; give a CSV with rows fine,coarse")
+        raise CbirError(f"path={str(path)!r} does not exist; give a class hierarchy CSV with rows fine,coarse")
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f) if r]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["fine", "coarse"]:
         rows = rows[1:]
     bad = [i for i, r in enumerate(rows, 1) if len(r) < 2]
     if bad or not rows:
-        raise CbirError(f"--hierarchy {path}: every row must be fine,coarse (row {bad[0] if bad else 1})")
+        raise CbirError(f"path={str(path)!r}: every row of a class hierarchy CSV must be fine,coarse "
+                        f"(row {bad[0] if bad else 1})")
     return {r[0].strip(): r[1].strip() for r in rows}
 
 
@@ -225,17 +226,20 @@ def _hash_report(th: TrainedHead, ds_test: Dataset, q_test, g_test, train_feats,
 def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: HeadConfig | None = None,
           out: str | os.PathLike = "head.pt", curve: str | os.PathLike | None = None, plot: bool = True,
           train_fraction: float = 0.5, val_fraction: float = 0.2, hierarchy: dict | None = None,
-          k: int = 10, root=None, cache_dir=None, device: str = "auto", batch_size: int = 32,
-          num_workers: int | None = None, progress: bool = True) -> TrainResult:
+          k: int = 10, runtime: Runtime | None = None, **runtime_options) -> TrainResult:
     """Run the protocol of the module docstring; save the head to ``out``.
 
     With ``plot`` the loss curve goes to ``curve`` (default: ``out`` with suffix ``.png``).
+    ``runtime`` (or its fields as keywords): data root, cache, device, batch size, decoding
+    threads, progress bars; the seed of the split and the training is ``config.seed``.
     """
     config = config or HeadConfig()
     config.check()
+    rt = runtime_of(runtime, runtime_options).replace(seed=config.seed)
+    progress = rt.progress
     t_start = time.perf_counter()
-    extractor = create_extractor(model, device=device, batch_size=batch_size, num_workers=num_workers)
-    ds, queries, gallery = labelled_features(dataset, extractor, FeatureCache(cache_dir), root, config.seed, progress)
+    extractor = create_extractor(model, device=rt.device, batch_size=rt.batch_size, num_workers=rt.num_workers)
+    ds, queries, gallery = labelled_features(dataset, extractor, FeatureCache(rt.cache_dir), rt)
     extract_s = time.perf_counter() - t_start
 
     split = hold_out(ds, train_fraction, val_fraction, config.seed)
