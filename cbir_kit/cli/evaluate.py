@@ -39,7 +39,7 @@ def add_evaluate(sub) -> None:
 
 
 def add_method_flags(p: argparse.ArgumentParser) -> None:
-    """The retrieval-method flags of `cbir evaluate` (cbir_kit.retrieval.Methods)."""
+    """The retrieval-method flags of `cbir evaluate` (cbir_kit.pipeline.stages.Methods)."""
     g = p.add_argument_group("retrieval methods (each compared with exact Flat search on the same run)")
     g.add_argument("--index", default="Flat", help="faiss index_factory string: Flat, IVF256,Flat, HNSW32, IVF256,PQ32")
     g.add_argument("--nprobe", type=int, default=None, help="IVF: inverted lists scanned per query")

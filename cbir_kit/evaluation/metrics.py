@@ -28,7 +28,7 @@ mAP above:
             sim = 1 same class, 0.5 same superclass, 0 otherwise; ideal = the similarities
             of the whole gallery sorted from high to low.
 
-The revisitop protocol (Easy/Medium/Hard, trapezoidal AP) lives in :mod:`cbir_kit.revisitop`.
+The revisitop protocol (Easy/Medium/Hard, trapezoidal AP) lives in :mod:`cbir_kit.evaluation.revisitop_map`.
 """
 from __future__ import annotations
 

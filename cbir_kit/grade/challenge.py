@@ -35,7 +35,7 @@ What the grader does, per grading session (one ``cbir grade challenge``):
    timed runs are reported, with the number of timed runs and their spread.
 3. Receives every run's answer as packed int32 bytes (:func:`cbir_kit.grade.runner.pack_answer`),
    checks it (one list per query, at most k distinct gallery indices, :func:`check_packed`) and
-   computes precision, recall, F1 and mAP (:mod:`cbir_kit.metrics`).  The submission is reported
+   computes precision, recall, F1 and mAP (:mod:`cbir_kit.evaluation.metrics`).  The submission is reported
    with the metrics of its *worst* run (lowest quality, warm-up runs included) and
    ``answers_identical`` says whether all runs returned the same answer; then the score
    (:mod:`cbir_kit.grade.scoring`).  Anything that goes wrong in any run - an exception, a

@@ -22,7 +22,7 @@ image it judges relevant, best first - and ``retrieve`` receives ``k`` = the gal
 of relevant images per query, recall <= k / R and mAP <= k / R for every system (on Animals-10,
 R ~ 1,000: k = 10 allows at most 0.01), so quality could not separate submissions.
 
-The metrics (:mod:`cbir_kit.metrics`, macro averages over queries of the list S the submission
+The metrics (:mod:`cbir_kit.evaluation.metrics`, macro averages over queries of the list S the submission
 returns, with ``Rel`` the R gallery images of the query's class): ``precision`` = |S ∩ Rel| / |S|
 (0 for an empty list), ``recall`` = |S ∩ Rel| / R, ``f1`` = 2PR / (P + R) per query (0 when
 P + R = 0), ``mAP`` = AP of the returned ranking, sum over relevant ranks r of P@r, divided by

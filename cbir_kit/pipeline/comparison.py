@@ -3,7 +3,7 @@
 ``cbir compare``: several configurations on one dataset, one table of quality and speed.
 
 A configuration is a string of ``key=value`` pairs separated by commas, each key a retrieval
-method option (a field of :class:`cbir_kit.retrieval.Methods`, the ``cbir evaluate`` flags) or
+method option (a field of :class:`cbir_kit.pipeline.stages.Methods`, the ``cbir evaluate`` flags) or
 ``head``; ``exact`` (or an empty string) means the defaults.  A comma followed by a part without
 ``=`` continues the previous value, so faiss factory strings keep their commas.  Examples::
 
@@ -44,7 +44,7 @@ def _convert(value: str):
 
 
 def method_keys() -> list[str]:
-    """The retrieval-method keys: the fields of :class:`~cbir_kit.retrieval.Methods`."""
+    """The retrieval-method keys: the fields of :class:`~cbir_kit.pipeline.stages.Methods`."""
     from .stages import Methods
 
     return [field.name for field in dataclasses.fields(Methods)]
@@ -99,7 +99,7 @@ def evaluate_kwargs(config: dict) -> dict:
 
 
 def compare(configs, dataset="demo", labels=None, **shared) -> list:
-    """Run :func:`~cbir_kit.evaluate.evaluate` once per configuration; returns the results.
+    """Run :func:`~cbir_kit.pipeline.job.evaluate` once per configuration; returns the results.
 
     ``shared`` holds the arguments common to every run (model, k, and a ``runtime`` or its options).  Each
     result's ``config["label"]`` is its configuration string (or ``labels[i]``).

@@ -131,7 +131,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                  grid_k: int = 5, n_best: int = 3, n_worst: int = 3, title: str | None = None) -> Path:
     """Write ``out_dir/report.md`` and its PNG plots; returns the Markdown file's path.
 
-    ``results``: one :class:`~cbir_kit.evaluate.EvalResult` or several (methods on one
+    ``results``: one :class:`~cbir_kit.pipeline.job.EvalResult` or several (methods on one
     dataset).  ``threshold_curves``: optional name -> curve dict for the F1-against-threshold
     plot (e.g. static and dynamic from the threshold module); the static curve of the first
     result is used when none is given.  The query grid shows the first result.

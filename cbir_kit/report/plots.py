@@ -7,9 +7,9 @@ In a notebook::
     viz.plot_pr_curve(result)              # precision-recall over k
     viz.plot_query_grid(result, n_best=3)  # best and worst queries with their top-k
 
-Functions take :class:`~cbir_kit.evaluate.EvalResult` objects (one or a list, labelled by
+Functions take :class:`~cbir_kit.pipeline.job.EvalResult` objects (one or a list, labelled by
 ``labels`` or by ``result.config["label"]``, else the model name) or plain arrays.  The
-report (:mod:`cbir_kit.report`) saves these same figures as PNG files.
+report (:mod:`cbir_kit.report.document`) saves these same figures as PNG files.
 """
 from __future__ import annotations
 
@@ -238,7 +238,7 @@ def plot_query_grid(result, n_best: int = 3, n_worst: int = 3, k: int = 5, thumb
 
     The query is titled with its class and AP, each result with its rank and class.  Green =
     relevant, red = not relevant (grey = junk on revisitop sets).  Needs a result from
-    :func:`~cbir_kit.evaluate.evaluate` (it carries the dataset and the rankings).
+    :func:`~cbir_kit.pipeline.job.evaluate` (it carries the dataset and the rankings).
     """
     if getattr(result, "ds", None) is None or result.ranked_ids is None or result.per_query_ap is None:
         raise CbirError("plot_query_grid needs an EvalResult from evaluate() (dataset, rankings and per-query AP)")

@@ -17,7 +17,7 @@ Retrieval").  Items with an infinite distance (never returned) are never retriev
   static threshold.
 
 ``calibrate(...)`` fits T (static) or T, w, n (dynamic) by grid search to maximise the
-macro-F1 (:func:`cbir_kit.metrics.set_metrics`) of the retrieved sets on a calibration
+macro-F1 (:func:`cbir_kit.evaluation.metrics.set_metrics`) of the retrieved sets on a calibration
 split; ``mu`` is fixed from the same split, so evaluating on other queries uses nothing
 from them but their own distances.  Never calibrate on the queries you evaluate.
 """

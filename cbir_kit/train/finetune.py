@@ -1,11 +1,11 @@
 """Side branch, training: the ``cbir finetune`` job, full fine-tuning of a backbone on images (notebook 08).
 
-Protocol: the one of ``cbir train`` (:mod:`.run`, :func:`.data.hold_out`): the gallery is
+Protocol: the one of ``cbir train`` (:mod:`.run`, :func:`cbir_kit.datasets.splits.hold_out`): the gallery is
 split per class, seeded, into fit, validation and held-out images, and every query that is
 not byte-identical to a training image is searched against the held-out gallery only.
 
 Training (the CLIP-retrieval project's recipe, :mod:`.backbone` for the network and the
-optimiser): per epoch, P-K class-balanced batches of the fit images (:func:`.data.pk_batches`),
+optimiser): per epoch, P-K class-balanced batches of the fit images (:func:`cbir_kit.train.sampling.pk_batches`),
 each image decoded and augmented by :func:`training_transform`, one
 :meth:`~.backbone.Finetuner.step` per batch (gradient accumulation, clipping, AMP on CUDA,
 layer-wise learning-rate decay, warm-up + cosine over all optimiser steps, metric-learning

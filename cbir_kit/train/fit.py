@@ -1,6 +1,6 @@
 """Side branch, training: training a head on cached frozen features, one loop for both head kinds (notebook 08).
 
-Per epoch: P-K class-balanced batches (:func:`~cbir_kit.train.data.pk_batches`) covering
+Per epoch: P-K class-balanced batches (:func:`~cbir_kit.train.sampling.pk_batches`) covering
 about one pass over the training items; per step the head embeds the batch and
 
 * projection head: metric-learning loss on the embeddings (all pairs / triplets during the
@@ -25,7 +25,7 @@ when the validation score has not improved for ``patience`` epochs and the best 
 weights are kept.  The score is that mAP for a projection head; for a hash head it is the
 mean of the mAP of the semantic embedding and the codes' shortlist recall@10 (the share of
 the frozen features' exact top 10 inside the 20 nearest codes, :func:`~cbir_kit.train.
-hash_retrieval.leave_one_out_shortlist_recall`), so the kept epoch is good at both jobs.
+cbir_kit.index.hash_search.leave_one_out_shortlist_recall`), so the kept epoch is good at both jobs.
 Seeded: the weights' initialisation, dropout and the batches depend on ``seed`` alone (the
 caller's torch random state is left as it was).
 """

@@ -22,7 +22,7 @@ same ones the head was fitted on, with the run's seed) on the same test queries 
 held-out gallery, by
 
 * shortlist recall@10: the share of an exact top 10 inside the 2k = 20 gallery items
-  nearest in Hamming distance (:func:`~cbir_kit.train.hash_retrieval.shortlist_recall_at_k`),
+  nearest in Hamming distance (:func:`~cbir_kit.index.hash_search.shortlist_recall_at_k`),
   with the same exact top 10 for both code makers, taken two ways:
   - of the *frozen features* (cosine): how faithfully the codes keep the backbone's
     neighbours, the job of a hash in front of a float re-rank of those features;
