@@ -23,6 +23,7 @@ from ..evaluation import metrics as M
 from .._io import atomic_path, write_text
 from ..bench.harness import Bench
 from ..errors import CbirError
+from .plots import result_labels
 
 QUALITY = ("mAP", "P@1", "P@5", "P@10", "R@10", "precision", "recall", "f1")
 SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "query_ms_per_query", "total_s")
@@ -30,17 +31,11 @@ SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "q
 KEY_COLUMNS = {"mAP": "mAP", "P@10": "P@10", "recall": "recall", "f1": "F1", "query_ms_per_query": "ms/query"}
 
 
-def _labels(results, labels):
-    from .plots import _labels as viz_labels
-
-    return viz_labels(results, labels)
-
-
 def summary_table(results, labels: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per method: the DESIGN.md metrics, every other metric, then every timing."""
     results = list(results) if isinstance(results, (list, tuple)) else [results]
     rows = []
-    for result, label in zip(results, _labels(results, labels)):
+    for result, label in zip(results, result_labels(results, labels)):
         row = {"method": label}
         row.update({key: result.metrics[key] for key in QUALITY if key in result.metrics})
         row.update({key: v for key, v in result.metrics.items()
@@ -76,7 +71,7 @@ def revisitop_table(results, labels: Sequence[str] | None = None) -> pd.DataFram
     """mAP / mP@k per setting (x100) of the results that have them, else None."""
     results = list(results) if isinstance(results, (list, tuple)) else [results]
     rows = []
-    for result, label in zip(results, _labels(results, labels)):
+    for result, label in zip(results, result_labels(results, labels)):
         values = {k: v for k, v in result.metrics.items() if k.startswith(("mAP_", "mP@"))}
         if values:
             rows.append({"method": label, **values})
@@ -101,7 +96,8 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` to ``path`` as a PNG atomically, and close it."""
     import matplotlib.pyplot as plt
 
     try:
@@ -141,7 +137,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
     results = list(results) if isinstance(results, (list, tuple)) else [results]
     if not results:
         raise CbirError("write_report needs at least one result")
-    names = _labels(results, labels)
+    names = result_labels(results, labels)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     first = results[0]
@@ -175,7 +171,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                         lambda: plots.plot_query_grid(first, n_best=n_best, n_worst=n_worst, k=grid_k)))
     md += ["## Plots", ""]
     for fname, caption, make in figures:
-        _save(make(), out / fname)
+        save_figure(make(), out / fname)
         md += [f"### {caption}", "", f"![{caption}]({fname})", ""]
     if any(r.skipped for r in results):
         md += ["## Skipped images", ""] + [f"- {img}: {why}" for r in results for img, why in r.skipped] + [""]

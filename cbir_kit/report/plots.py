@@ -74,7 +74,8 @@ def result_label(result, i: int = 0) -> str:
     return result.model if index == "Flat" else f"{result.model} {index}"
 
 
-def _labels(results, labels) -> list[str]:
+def result_labels(results, labels) -> list[str]:
+    """One label per result: ``labels`` as given (one each), else each result's model and index."""
     if labels is None:
         return [result_label(r, i) for i, r in enumerate(results)]
     if len(labels) != len(results):
@@ -86,7 +87,7 @@ def plot_pr_curve(results, labels: Sequence[str] | None = None, marks=(1, 5, 10)
     """Macro precision against macro recall of the top-k set as k grows (``curves["over_k"]``)."""
     results = _as_list(results)
     fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
-    for result, label in zip(results, _labels(results, labels)):
+    for result, label in zip(results, result_labels(results, labels)):
         curve = result.curves.get("over_k")
         if curve is None:
             raise CbirError(f"{label}: the result has no precision-recall curve (run it with evaluate())")

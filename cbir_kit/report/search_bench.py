@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .._io import write_text
 from ..bench.search import display_frame, format_result, results_frame
-from .document import _save, markdown_table
+from .document import markdown_table, save_figure
 
 
 def plot_scaling(result: dict):
@@ -40,7 +40,7 @@ def write_search_report(result: dict, out_dir) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _save(plot_scaling(result), out / "search_scaling.png")
+    save_figure(plot_scaling(result), out / "search_scaling.png")
     frame = display_frame(result).set_index("size")
     text = ["# Search benchmark", "", "```", format_result(result), "```", "",
             markdown_table(frame, digits=3), "", "![ms per query against gallery size](search_scaling.png)", ""]
