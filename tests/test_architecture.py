@@ -209,3 +209,11 @@ def test_no_library_function_is_over_60_lines_without_a_reason():
                 if length > 60 and "# long:" not in above:
                     bad.append(f"{name}.{node.name}: {length} lines")
     assert not bad, "functions over 60 lines with no '# long:' reason:\n" + "\n".join(bad)
+
+
+def test_no_private_name_crosses_a_module():
+    crossing = [f"{name}: from {node.module} import {alias.name}"
+                for name, path in MODULES.items() for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+                for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not crossing, "private names imported from another module:\n" + "\n".join(crossing)

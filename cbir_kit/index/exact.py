@@ -105,8 +105,15 @@ class ExactIndex:
         return scores, ids
 
 
-def numpy_search(queries, gallery, k: int, metric: str = "ip") -> tuple[np.ndarray, np.ndarray]:
-    """Reference exact search in numpy: full similarity matrix, stable sort (ties -> lower id)."""
+def numpy_search(queries, gallery, k: int, metric: str = "ip", own_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """Reference exact search in numpy: full similarity matrix, stable sort (ties -> lower id).
+
+    ``own_ids``: leave-one-out, as every index's search (:func:`without_own`).
+    """
+    return search_leaving_out(lambda q, n: _numpy_search(q, gallery, n, metric), queries, k, own_ids)
+
+
+def _numpy_search(queries, gallery, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
     queries = as_float32_matrix(queries, "queries")
     gallery = as_float32_matrix(gallery, "gallery")
     k = check_k(k, len(gallery))

@@ -73,7 +73,12 @@ def shortlist_recall_at_k(query_codes, gallery_codes, query_feats, gallery_feats
 
 
 def leave_one_out_shortlist_recall(codes, feats, rows, k: int = 10) -> float:
-    """:func:`shortlist_recall_at_k` of pool items ``rows`` against the pool minus each query itself."""
+    """:func:`shortlist_recall_at_k` of pool items ``rows`` against the pool minus each query itself.
+
+    The query's own entry is masked in the dense (Hamming and cosine) matrices rather than dropped
+    by :func:`cbir_kit.index.exact.without_own`: many codes tie at Hamming distance 0, and the
+    shortlist keeps the first 2k of the *others* in id order, as the hash project's code does.
+    """
     rows = np.asarray(rows)
     dist = unpacked_hamming_distances(np.asarray(codes)[rows], codes).astype(np.float64)
     dist[np.arange(len(rows)), rows] = np.inf

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from ..evaluation import metrics as M
 from ..errors import CbirError
 from .sampling import pk_batches
+from ..index.exact import numpy_search
 from ..index.hash_search import leave_one_out_shortlist_recall
 from ..features.heads import HashHead, ProjectionHead
 from .losses import cosine_target_loss, make_loss, neighbour_code_loss, quantisation_loss
@@ -135,10 +136,8 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def leave_one_out_map(query_emb: np.ndarray, query_labels, pool_emb: np.ndarray, pool_labels,
                       query_rows: np.ndarray) -> float:
-    """mAP of queries against a pool that contains them (row ``query_rows[i]`` is query i, removed)."""
-    sim = query_emb @ pool_emb.T
-    sim[np.arange(len(query_emb)), query_rows] = -np.inf
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]
+    """mAP of queries against a pool that contains them (row ``query_rows[i]`` is query i, left out)."""
+    _, order = numpy_search(query_emb, pool_emb, len(pool_emb) - 1, own_ids=query_rows)
     rel = M.relevance_matrix(order, np.asarray(query_labels), np.asarray(pool_labels))
     pool_labels = np.asarray(pool_labels)
     n_rel = np.array([(pool_labels == y).sum() - 1 for y in np.asarray(query_labels)])
