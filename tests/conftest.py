@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# idle OpenMP threads sleep in the tests and the notebook kernels they start, as under the cbir command
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 from hypothesis import settings
 
 # property tests draw the same examples on every run: CI never fails on a draw a rerun would not repeat

@@ -31,3 +31,23 @@ def test_evaluate_takes_a_runtime_or_its_fields_as_keywords():
     assert by_runtime.metrics == by_keywords.metrics and by_runtime.cache["hit"]
     with pytest.raises(CbirError, match="unknown option.s. prgress"):
         evaluate("demo", prgress=False)
+
+
+def test_the_command_names_its_flags_but_leaves_what_the_user_typed(capsys):
+    from cbir_kit.cli import main
+
+    assert main(["compare", "--configs", "k=5,index=HNSW32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration 'k=5,index=HNSW32': unknown key 'k'" in err and "--k 5" not in err
+    from cbir_kit.cli.app import as_flags, option_names
+
+    names = option_names(build_parser()._subparsers._group_actions[0].choices["evaluate"])
+    assert as_flags("num_workers=0 must be at least 1; point cache_dir= elsewhere", names) == \
+        "--workers 0 must be at least 1; point --cache elsewhere"
+
+
+def test_train_refuses_a_second_seed():
+    from cbir_kit.train import HeadConfig, train
+
+    with pytest.raises(CbirError, match=r"train\(\) takes its seed from config.seed \(0\); got seed=1"):
+        train("demo", config=HeadConfig(seed=0), seed=1, progress=False)

@@ -81,9 +81,19 @@ def test_leave_one_out_search_equals_sklearn_kneighbors_without_x(make):
     assert (copy_of[ids[clear]] == copy_of[ref_ids[clear]]).all()
 
 
-def test_without_own_drops_the_first_entry_when_a_row_lacks_its_own_id():
-    ids = np.array([[5, 0, 7], [3, 4, 1]])          # row 1 is query 1; row 0's own id 0 is at rank 1
+def test_without_own_drops_the_last_entry_when_a_row_lacks_its_own_id():
+    ids = np.array([[5, 0, 7], [3, 4, 1]])          # row 0's own id 0 is at rank 1
     scores = np.array([[1.0, 1.0, 0.5], [1.0, 1.0, 0.9]])
-    kept_scores, kept_ids = without_own(scores, ids, [0, 2])   # query 1's own id is 2: absent, drop the first
-    assert kept_ids.tolist() == [[5, 7], [4, 1]]
-    assert kept_scores.tolist() == [[1.0, 0.5], [1.0, 0.9]]
+    kept_scores, kept_ids = without_own(scores, ids, [0, 2])   # query 1's own id 2 is absent: drop the last
+    assert kept_ids.tolist() == [[5, 7], [3, 4]]
+    assert kept_scores.tolist() == [[1.0, 0.5], [1.0, 1.0]]
+
+
+def test_an_approximate_index_that_misses_the_query_keeps_its_best_results():
+    x = _with_duplicates()
+    index = HashIndex(ITQHasher(8, seed=0), shortlist=3).fit(x)
+    own = np.arange(len(x))
+    full_scores, full_ids = index.search(x, 3)
+    scores, ids = index.search(x, 2, own_ids=own)
+    missed = ~(full_ids == own[:, None]).any(axis=1)
+    assert (ids[missed] == full_ids[missed, :2]).all()

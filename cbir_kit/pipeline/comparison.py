@@ -1,7 +1,5 @@
 """The pipeline: ``compare()``, several configurations on one dataset, one table (notebook 03).
 
-``cbir compare``: several configurations on one dataset, one table of quality and speed.
-
 A configuration is a string of ``key=value`` pairs separated by commas, each key a retrieval
 method option (a field of :class:`cbir_kit.pipeline.stages.Methods`, the ``cbir evaluate`` flags) or
 ``head``; ``exact`` (or an empty string) means the defaults.  A comma followed by a part without
@@ -17,7 +15,7 @@ Values that look like integers, floats or booleans (``true`` / ``false``) are co
 All configurations share the dataset, model and feature cache, so features are extracted
 once and the other runs load them (``cache_hit`` in ``--json`` / ``--report`` says which).
 The printed table fits a 100-column terminal: one row per configuration, a few key columns
-(:func:`cbir_kit.report.key_table`); ``--json`` and ``--report`` hold every metric and timing.
+(:func:`cbir_kit.report.document.key_table`); ``--json`` and ``--report`` hold every metric and timing.
 """
 from __future__ import annotations
 
@@ -55,7 +53,7 @@ def config_keys() -> list[str]:
     from .job import evaluate
 
     own = [p.name for p in inspect.signature(evaluate).parameters.values()
-           if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in SHARED and p.name != "methods"]
+           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in SHARED and p.name != "methods"]
     return method_keys() + own
 
 

@@ -207,7 +207,7 @@ def hold_out_trained_images(model: str, trained_head, ds: Dataset, queries, gall
     return ds, queries, gallery, {}
 
 
-def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10,
+def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10, *,
              head: str | os.PathLike | None = None, methods=None, runtime: Runtime | None = None,
              **runtime_options) -> EvalResult:
     """Run the whole pipeline once and measure it (see the module docstring).

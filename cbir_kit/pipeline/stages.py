@@ -1,7 +1,5 @@
 """The pipeline: the optional stages of ``evaluate()``, run on the features of one evaluation (notebooks 02-07).
 
-The optional retrieval methods of ``cbir evaluate``, run on the features of one evaluation.
-
 Order of the stages (each optional, each timed):
 
     TTA (re-extract queries / gallery) -> DBA (gallery) -> candidate index

@@ -211,7 +211,7 @@ def hash_project_table(methods: Mapping[str, Callable[[np.ndarray], np.ndarray]]
 
     ``methods``: name -> ``search(query (1, D)) -> ranked gallery ids (1, >= max(ks))``,
     e.g. ``{"Algo 2": exact_search(gallery, 250), "Algo 2 + hashes": ...}``.  Each query
-    is searched on its own, as in the project, and timed with :class:`~cbir_kit.bench.Bench`
+    is searched on its own, as in the project, and timed with :class:`~cbir_kit.bench.harness.Bench`
     (``retrieval_ms`` = median ms per query).  ``inference_ms``: name -> feature-extraction
     ms per image, when measured.  Their protocol queries the test set against itself, so
     each query finds itself first (mAP@1 = 1).

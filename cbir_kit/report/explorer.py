@@ -34,10 +34,10 @@ def ranker(query_features, gallery_features, index=None, depth: int | None = Non
            leave_one_out: bool = False) -> Method:
     """A method ranking the gallery for one query with ``index`` (default: exact cosine).
 
-    ``index`` must already hold ``gallery_features`` and have ``search(queries, k, own_ids=None) ->
+    ``index`` must already hold ``gallery_features`` and have ``search(queries, k) ->
     (scores, ids)`` with higher scores better; ``depth`` results are kept (default: the
     whole gallery, so that any threshold can be explored).  With ``leave_one_out`` the query's own
-    gallery entry (same index) is dropped from its list.
+    gallery entry (same index) is left out (the index's ``search`` must then take ``own_ids``).
     """
     from ..index import ExactIndex
 
@@ -48,8 +48,9 @@ def ranker(query_features, gallery_features, index=None, depth: int | None = Non
     depth = n_gallery - int(leave_one_out) if depth is None else min(depth, n_gallery - int(leave_one_out))
 
     def rank(qi: int) -> tuple[np.ndarray, np.ndarray]:
-        own = np.array([qi]) if leave_one_out else None
-        scores, ids = index.search(query_features[qi:qi + 1], depth, own_ids=own)
+        query = query_features[qi:qi + 1]
+        scores, ids = (index.search(query, depth, own_ids=np.array([qi])) if leave_one_out
+                       else index.search(query, depth))
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 

@@ -27,7 +27,7 @@ from ..datasets.images import ImageLoadError, open_image
 RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
 MARKERS = ("o", "s", "^", "D", "v")
 
-# table columns (cbir_kit.report.summary_table) in words, with their units
+# table columns (cbir_kit.report.document.summary_table) in words, with their units
 COLUMN_WORDS = {
     "mAP": "mAP (mean average precision)",
     "precision": "precision of the top-k set (macro)",

@@ -24,8 +24,8 @@ validation images (each query's own row removed) and their mAP is computed; trai
 when the validation score has not improved for ``patience`` epochs and the best epoch's
 weights are kept.  The score is that mAP for a projection head; for a hash head it is the
 mean of the mAP of the semantic embedding and the codes' shortlist recall@10 (the share of
-the frozen features' exact top 10 inside the 20 nearest codes, :func:`~cbir_kit.train.
-cbir_kit.index.hash_search.leave_one_out_shortlist_recall`), so the kept epoch is good at both jobs.
+the frozen features' exact top 10 inside the 20 nearest codes, :func:`~cbir_kit.index.hash_search.
+leave_one_out_shortlist_recall`), so the kept epoch is good at both jobs.
 Seeded: the weights' initialisation, dropout and the batches depend on ``seed`` alone (the
 caller's torch random state is left as it was).
 """

@@ -235,7 +235,11 @@ def train(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, config: H
     """
     config = config or HeadConfig()
     config.check()
-    rt = runtime_of(runtime, runtime_options).replace(seed=config.seed)
+    rt = runtime_of(runtime, runtime_options)
+    if rt.seed != config.seed and (runtime is not None or "seed" in runtime_options):
+        raise CbirError(f"train() takes its seed from config.seed ({config.seed}); got seed={rt.seed} as well: "
+                        "set HeadConfig(seed=...) only")
+    rt = rt.replace(seed=config.seed)
     progress = rt.progress
     t_start = time.perf_counter()
     extractor = create_extractor(model, device=rt.device, batch_size=rt.batch_size, num_workers=rt.num_workers)
