@@ -16,7 +16,7 @@ KEY_NOTE = ("recall, F1: macro over queries of the top-k set; ms/query: expansio
 def run_compare(args) -> int:
     from ..pipeline.comparison import compare
     from ..pipeline.job import skip_notice
-    from ..report.document import key_table, summary_table, write_report
+    from ..report.document import difference_lines, key_table, summary_table, write_report
 
     results = compare(args.configs, dataset=args.dataset, model=args.model, k=args.k,
                       runtime=runtime_from_args(args))
@@ -25,6 +25,9 @@ def run_compare(args) -> int:
           f"model {first.model}\n")
     skipped = list(dict.fromkeys(s for r in results for s in r.skipped))  # every run loads the same images
     print("\n".join(skip_notice(skipped) + [key_table(summary_table(results)), "", KEY_NOTE]))
+    differences = difference_lines(results)
+    if differences:
+        print("\n" + "\n".join(differences))
     write_outputs(args, {"runs": [r.to_dict() for r in results]},
                   lambda: write_report(results, args.report, title="Comparison"))
     return 0

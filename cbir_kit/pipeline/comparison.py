@@ -14,6 +14,9 @@ method option (a field of :class:`cbir_kit.pipeline.stages.Methods`, the ``cbir 
 Values that look like integers, floats or booleans (``true`` / ``false``) are converted.
 All configurations share the dataset, model and feature cache, so features are extracted
 once and the other runs load them (``cache_hit`` in ``--json`` / ``--report`` says which).
+Every configuration after the first gets ``config["vs_first"]``: its mAP difference from the
+first with a seeded paired-bootstrap 95% interval over the queries, and "not distinguishable"
+when the interval contains 0 (:mod:`cbir_kit.evaluation.bootstrap`).
 The printed table fits a 100-column terminal: one row per configuration, a few key columns
 (:func:`cbir_kit.report.document.key_table`); ``--json`` and ``--report`` hold every metric and timing.
 """
@@ -23,7 +26,8 @@ import dataclasses
 import inspect
 
 from ..errors import CbirError
-from ..runtime import RUNTIME_OPTIONS
+from ..evaluation.bootstrap import paired_difference
+from ..runtime import RUNTIME_OPTIONS, runtime_of
 
 # evaluate() arguments that belong to the whole comparison, not to one configuration
 SHARED = ("dataset", "model", "k", "runtime", *RUNTIME_OPTIONS)
@@ -117,4 +121,17 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
         result = evaluate(dataset=dataset, **shared, **kwargs)
         result.config["label"] = label
         results.append(result)
+    seed = runtime_of(shared.get("runtime"), {k: v for k, v in shared.items() if k in RUNTIME_OPTIONS}).seed
+    for result in results[1:]:
+        add_difference_from_first(results[0], result, seed)
     return results
+
+
+def add_difference_from_first(first, result, seed: int = 0) -> None:
+    """``result.config["vs_first"]``: its mAP minus the first configuration's, with a paired bootstrap
+    interval over the queries (:func:`cbir_kit.evaluation.bootstrap.paired_difference`), when both
+    ran on the same queries (a head's hold-out may leave some out: then nothing is added)."""
+    a, b = first.per_query_ap, result.per_query_ap
+    if a is None or b is None or a.shape != b.shape:
+        return
+    result.config["vs_first"] = {"mAP": paired_difference(a, b, seed=seed)}

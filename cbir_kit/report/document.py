@@ -23,7 +23,7 @@ from ..evaluation import metrics as M
 from .._io import atomic_path, write_text
 from ..bench.harness import Bench
 from ..errors import CbirError
-from .plots import result_labels
+from .plots import result_labels, shorten
 
 QUALITY = ("mAP", "P@1", "P@5", "P@10", "R@10", "precision", "recall", "f1")
 SPEED = ("extract_s", "images_per_s", "index_build_s", "search_ms_per_query", "query_ms_per_query", "total_s")
@@ -54,8 +54,6 @@ def key_table(table: pd.DataFrame, width: int = 100, cell: int = 10) -> str:
 
     One line per method; a method name longer than the room left is cut with "...".
     """
-    from .plots import shorten
-
     columns = [c for c in KEY_COLUMNS if c in table.columns]
     label = table.index.name or "method"
     room = width - cell * len(columns)
@@ -94,6 +92,38 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
     for index, row in frame.iterrows():
         lines.append("| " + " | ".join([str(index)] + [cell(v) for v in row.tolist()]) + " |")
     return "\n".join(lines)
+
+
+def difference_table(results) -> pd.DataFrame | None:
+    """One row per configuration after the first: its mAP difference from the first, the paired
+    bootstrap interval, the verdict and the per-query wins / ties / losses (None when none has one)."""
+    rows = []
+    for result, label in zip(results, result_labels(results, None)):
+        diff = result.config.get("vs_first", {}).get("mAP")
+        if diff is None:
+            continue
+        rows.append({"method": result.config.get("label", label), "mAP difference": diff["difference"],
+                     f"{100 * diff['confidence']:.0f}% interval": f"[{diff['low']:+.4f}, {diff['high']:+.4f}]",
+                     "verdict": "distinguishable" if diff["distinguishable"] else "not distinguishable",
+                     "wins / ties / losses": f"{diff['wins']} / {diff['ties']} / {diff['losses']}"})
+    return pd.DataFrame(rows).set_index("method") if rows else None
+
+
+def difference_lines(results, width: int = 100) -> list[str]:
+    """:func:`difference_table` as terminal lines that fit ``width`` columns (empty when there is none)."""
+    rows = [(r.config.get("label", ""), r.config["vs_first"]["mAP"]) for r in results[1:] if "vs_first" in r.config]
+    if not rows:
+        return []
+    name = max(13, min(width - 66, max(len(label) for label, _ in rows)))
+    lines = [f"mAP against the first configuration ({shorten(results[0].config.get('label', 'first'), 30)}), "
+             f"paired bootstrap over the queries:",
+             f"{'configuration':<{name}}  mAP diff  {'95% interval':<20}  {'verdict':<19}  wins/ties/losses"]
+    for label, d in rows:
+        verdict = "distinguishable" if d["distinguishable"] else "not distinguishable"
+        interval = f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+        lines.append(f"{shorten(label, name):<{name}}  {d['difference']:+8.4f}  {interval:<20}  {verdict:<19}  "
+                     f"{d['wins']}/{d['ties']}/{d['losses']}")
+    return [line[:width] for line in lines]
 
 
 def save_figure(fig, path: Path) -> None:
@@ -154,6 +184,12 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                "Easy: ok = easy, junk = junk + hard. Medium: ok = easy + hard. Hard: ok = hard, junk = junk + easy. "
                "Trapezoidal AP with junk removed; mP@k divides by min(k, position of the last positive).", "",
                markdown_table(rv, digits=2), ""]
+    differences = difference_table(results)
+    if differences is not None:
+        md += ["## Differences from the first configuration", "",
+               "mAP of each configuration minus the first one's, with a paired bootstrap interval over the "
+               "queries (the queries drawn with replacement, 10,000 times, seeded). An interval that contains 0 "
+               "means the two cannot be told apart on these queries.", "", markdown_table(differences), ""]
     figures = [("pr_curve.png", "Precision-recall over k", lambda: plots.plot_pr_curve(results, names))]
     figures.append(("methods.png", "mAP and query latency (expansion + search + re-ranking) per method",
                     lambda: plots.plot_methods(table)))
