@@ -16,7 +16,10 @@ from cbir_kit.cli import main
 
 RECORDED = {"dataset": "demo", "model": "efficientnet_lite0", "n_queries": 54, "n_gallery": 72, "k": 10}
 RECORDED_METRICS = {"mAP": 0.9990740740740741, "P@1": 1.0, "P@5": 0.8, "P@10": 0.4, "R@10": 1.0,
-                    "hit_rate@10": 1.0, "precision": 0.4, "recall": 1.0, "f1": 0.5714285714285714}
+                    "hit_rate@10": 1.0, "precision": 0.4, "recall": 1.0, "f1": 0.5714285714285714,
+                    # added after the re-layout (issue 20), recorded when they were added
+                    "MAP@R": 0.9953703703703703, "R-precision": 0.9953703703703703, "MRR": 1.0,
+                    "nDCG@10": 0.9996831867029017}
 
 
 def test_demo_evaluation_matches_the_recorded_numbers(tmp_path, monkeypatch):
@@ -31,5 +34,6 @@ def test_demo_evaluation_matches_the_recorded_numbers(tmp_path, monkeypatch):
     assert {k: result[k] for k in RECORDED} == RECORDED
     assert set(result["metrics"]) == set(RECORDED_METRICS)
     for name, value in RECORDED_METRICS.items():
-        assert result["metrics"][name] == pytest.approx(value, abs=1e-6 if name == "mAP" else 1e-12), name
+        assert result["metrics"][name] == pytest.approx(value, abs=1e-6 if name in ("mAP", "MAP@R", "nDCG@10")
+                                                         else 1e-12), name
     assert stat.S_IMODE(out.stat().st_mode) == 0o644   # what a plain write gives under umask 022

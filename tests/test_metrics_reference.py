@@ -107,3 +107,53 @@ def test_pr_curve_over_thresholds_matches_direct_set_computation(higher_is_bette
         assert curve["precision"][i] == pytest.approx(np.mean(p))
         assert curve["recall"][i] == pytest.approx(np.mean(r))
         assert curve["f1"][i] == pytest.approx(np.mean(f))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_r_precision_mrr_and_ndcg_match_torchmetrics(seed):
+    from torchmetrics.retrieval import RetrievalMRR, RetrievalNormalizedDCG, RetrievalRPrecision
+
+    rng = np.random.default_rng(seed)
+    n_q, n_g, k = 30, 60, 10
+    scores = rng.normal(size=(n_q, n_g))
+    target = rng.random((n_q, n_g)) < 0.15
+    target[np.arange(n_q), rng.integers(0, n_g, n_q)] = True      # every query has a relevant item
+    order = np.argsort(-scores, axis=1, kind="stable")
+    rel = np.take_along_axis(target, order, axis=1)
+    n_relevant = target.sum(axis=1)
+    preds, tgt = torch.tensor(scores.ravel()), torch.tensor(target.ravel())
+    indexes = torch.arange(n_q).repeat_interleave(n_g)
+    assert np.nanmean(M.r_precisions(rel, n_relevant)) == pytest.approx(
+        float(RetrievalRPrecision()(preds, tgt, indexes=indexes)), abs=1e-6)
+    assert np.nanmean(M.reciprocal_ranks(rel, n_relevant)) == pytest.approx(
+        float(RetrievalMRR()(preds, tgt, indexes=indexes)), abs=1e-6)
+    assert np.nanmean(M.ndcg_at_k(rel, n_relevant, k)) == pytest.approx(
+        float(RetrievalNormalizedDCG(top_k=k)(preds, tgt, indexes=indexes)), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_map_at_r_and_r_precision_match_pytorch_metric_learning(seed):
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 5, 200)
+    x = rng.normal(size=(200, 16)) + 1.5 * np.eye(16)[labels]
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    q, g, q_labels, g_labels = x[:50], x[50:], labels[:50], labels[50:]
+    order = np.argsort(-(q @ g.T), axis=1, kind="stable")
+    rel = M.relevance_matrix(order, q_labels, g_labels)
+    n_relevant = (q_labels[:, None] == g_labels[None, :]).sum(axis=1)
+    reference = AccuracyCalculator(include=("mean_average_precision_at_r", "r_precision"), k="max_bin_count",
+                                   device=torch.device("cpu")).get_accuracy(
+        torch.tensor(q), torch.tensor(q_labels), torch.tensor(g), torch.tensor(g_labels), ref_includes_query=False)
+    assert np.nanmean(M.map_at_r_values(rel, n_relevant)) == pytest.approx(
+        reference["mean_average_precision_at_r"], abs=1e-6)
+    assert np.nanmean(M.r_precisions(rel, n_relevant)) == pytest.approx(reference["r_precision"], abs=1e-6)
+
+
+def test_extra_metrics_skip_queries_without_relevant_items_and_read_truncated_rankings():
+    rel = np.array([[0, 1, 0], [0, 0, 0], [1, 1, 0]], bool)
+    extras = M.ranking_extras(rel, np.array([2, 0, 5]), k=3)       # query 2 has 5 relevant, 3 shown
+    assert np.isnan(extras["MRR"][1]) and extras["MRR"][0] == 0.5 and extras["MRR"][2] == 1.0
+    assert extras["R-precision"][0] == 0.5 and extras["R-precision"][2] == pytest.approx(2 / 5)
+    assert extras["MAP@R"][2] == pytest.approx((1 + 1) / 5)

@@ -148,6 +148,56 @@ def topk_metrics(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, f
     return out
 
 
+# --- more of what retrieval papers and pytorch-metric-learning report ---------------------
+
+def _per_relevant_query(values: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    """``values`` with NaN for queries that have no relevant item (they are skipped, as for AP)."""
+    return np.where(np.asarray(n_relevant) > 0, values, np.nan)
+
+
+def r_precisions(rel: np.ndarray, n_relevant) -> np.ndarray:
+    """Per query, R-precision = |relevant items in the top R| / R, R = the query's number of relevant items."""
+    rel, n_relevant = np.asarray(rel, bool), np.asarray(n_relevant)
+    cum = np.cumsum(rel, axis=1)
+    hits = cum[np.arange(len(rel)), np.clip(n_relevant, 1, rel.shape[1]) - 1]
+    return _per_relevant_query(hits / np.maximum(n_relevant, 1), n_relevant)
+
+
+def map_at_r_values(rel: np.ndarray, n_relevant) -> np.ndarray:
+    """Per query, MAP@R = (1/R) sum_{i <= R} P(i) rel(i) (Musgrave, Belongie & Lim, ECCV 2020).
+
+    AP with the ranking cut at R: a query scores 1 only if its R relevant items fill the top R.
+    """
+    rel, n_relevant = np.asarray(rel, bool), np.asarray(n_relevant)
+    ranks = np.arange(1, rel.shape[1] + 1)
+    precision = np.cumsum(rel, axis=1) / ranks
+    within = ranks[None, :] <= n_relevant[:, None]
+    return _per_relevant_query((precision * rel * within).sum(axis=1) / np.maximum(n_relevant, 1), n_relevant)
+
+
+def reciprocal_ranks(rel: np.ndarray, n_relevant) -> np.ndarray:
+    """Per query, 1 / (rank of the first relevant item), 0 when none is returned; its mean is MRR."""
+    rel = np.asarray(rel, bool)
+    found = rel.any(axis=1)
+    return _per_relevant_query(np.where(found, 1.0 / (rel.argmax(axis=1) + 1), 0.0), n_relevant)
+
+
+def ndcg_at_k(rel: np.ndarray, n_relevant, k: int) -> np.ndarray:
+    """Per query, nDCG@k with binary gains: DCG@k = sum_{i <= k} rel_i / log2(i + 1), divided by the
+    ideal IDCG@k = sum_{i <= min(R, k)} 1 / log2(i + 1) of a ranking with the R relevant items first."""
+    rel, n_relevant = np.asarray(rel, bool)[:, :k], np.asarray(n_relevant)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (rel * discount[:rel.shape[1]]).sum(axis=1)
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])[np.minimum(n_relevant, k)]
+    return _per_relevant_query(dcg / np.where(ideal > 0, ideal, 1.0), n_relevant)
+
+
+def ranking_extras(rel: np.ndarray, n_relevant, k: int) -> dict[str, np.ndarray]:
+    """Per-query MAP@R, R-precision, reciprocal rank and nDCG@k of rankings ``rel``."""
+    return {"MAP@R": map_at_r_values(rel, n_relevant), "R-precision": r_precisions(rel, n_relevant),
+            "MRR": reciprocal_ranks(rel, n_relevant), f"nDCG@{k}": ndcg_at_k(rel, n_relevant, k)}
+
+
 # --- curves: set metrics at many cut-offs (top-k) or score thresholds ---------------------
 
 def hits_at_ks(rel: np.ndarray, ks) -> np.ndarray:

@@ -99,7 +99,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     keep_cols = max(k, 10)
     curve_ks = np.unique(np.r_[np.arange(1, min(depth, 100) + 1), np.geomspace(1, depth, 200).astype(np.int64)])
     thresholds = np.linspace(-1.0, 1.0, 201) if index.metric == "ip" else None
-    rels, aps, tops, k_hits, t_hits, t_retrieved = [], [], [], [], [], []
+    rels, aps, tops, k_hits, t_hits, t_retrieved, extras = [], [], [], [], [], [], []
     per_setting = {s: ([], []) for s in revisitop_map.SETTINGS}
     for start in range(0, len(queries), chunk):
         block = queries[start:start + chunk]
@@ -115,6 +115,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
         else:
             rel = M.relevance_matrix(ids, ds.query_labels[start:start + chunk], ds.gallery_labels)
         aps.append(M.average_precisions(rel, n_relevant[start:start + chunk]))
+        extras.append(M.ranking_extras(rel, n_relevant[start:start + chunk], min(k, depth)))
         # copies: a slice would keep the chunk's whole (chunk, gallery) arrays alive until the end
         rels.append(rel[:, :keep_cols].copy())
         tops.append(ids[:, :k].copy())
@@ -127,6 +128,7 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
     ap = np.concatenate(aps)
     out = M.topk_metrics(rel, n_relevant, min(k, depth))
     out["mAP"] = float(np.nanmean(ap))
+    out.update({name: float(np.nanmean(np.concatenate([e[name] for e in extras]))) for name in extras[0]})
     if gnd is not None:
         out.update(revisitop_map.summarize({s: (np.concatenate(a), np.concatenate(p)) for s, (a, p) in per_setting.items()}))
     curves = {"over_k": {"k": curve_ks, **M.set_metrics_curve(np.concatenate(k_hits), curve_ks, n_relevant)}}

@@ -78,6 +78,7 @@ def _ranking_metrics(ids: np.ndarray, ds, k: int) -> tuple[dict, np.ndarray]:
     out = M.topk_metrics(rel, n_relevant, k)
     ap = M.average_precisions(rel, n_relevant)
     out["mAP"] = float(np.nanmean(ap))
+    out.update({name: float(np.nanmean(v)) for name, v in M.ranking_extras(rel, n_relevant, k).items()})
     return out, ap
 
 
