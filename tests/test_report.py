@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+from cbir_kit.evaluation import metrics as M
 from cbir_kit.report import document, plots
 from cbir_kit.cli import main
 from cbir_kit.pipeline.comparison import compare, config_keys, parse_config
@@ -43,7 +44,8 @@ def test_cli_evaluate_report_writes_markdown_and_pngs(demo_features, tmp_path, c
     out = tmp_path / "rep"
     assert main(["evaluate", "--no-progress", "--report", str(out), "--json", str(tmp_path / "r.json")]) == 0
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["f1_threshold.png", "methods.png", "pr_curve.png", "queries.png", "report.md"]
+    assert files == ["class_matrix.png", "f1_threshold.png", "methods.png", "per_class.png", "pr_curve.png",
+                     "queries.png", "report.md"]
     text = (out / "report.md").read_text()
     for name in files[:-1]:
         assert f"]({name})" in text
@@ -220,3 +222,33 @@ def test_threshold_f1_table():
     assert table.loc["dynamic", "f1"] == pytest.approx(0.3394)
     with pytest.raises(CbirError, match="has no f1"):
         document.threshold_f1_table({"x": object()})
+
+
+def test_per_class_means_and_the_topk_class_matrix_against_direct_counts(demo_result):
+    import pandas as pd
+
+    ds = demo_result.ds
+    per_class = M.per_class_means(demo_result.per_query_ap, ds.query_labels)
+    grouped = pd.Series(demo_result.per_query_ap).groupby(np.asarray(ds.query_labels)).agg(["count", "mean"])
+    assert {c: (int(n), pytest.approx(m)) for c, (n, m) in grouped.iterrows()} == per_class
+    classes, matrix = M.topk_class_matrix(demo_result.ranked_ids, ds.query_labels, ds.gallery_labels)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    rel = M.relevance_matrix(demo_result.ranked_ids, ds.query_labels, ds.gallery_labels)
+    for i, c in enumerate(classes):        # the diagonal is each class's precision@k
+        assert matrix[i, i] == pytest.approx(rel[np.asarray(ds.query_labels) == c].mean())
+    coarse = {c: "first half" if i < len(classes) // 2 else "second half" for i, c in enumerate(classes)}
+    rolled, coarse_matrix = M.topk_class_matrix(demo_result.ranked_ids, [coarse[c] for c in ds.query_labels],
+                                                [coarse[c] for c in ds.gallery_labels])
+    assert rolled == ["first half", "second half"] and np.allclose(coarse_matrix.sum(axis=1), 1.0)
+
+
+def test_per_class_section_rolls_the_matrix_up_to_superclasses_when_the_dataset_has_them(demo_result, tmp_path):
+    import copy
+
+    result = copy.copy(demo_result)
+    result.ds = copy.copy(demo_result.ds)
+    classes = sorted(set(result.ds.query_labels))
+    result.ds.info = {**result.ds.info, "coarse_of": {c: c[0] for c in classes}}   # superclass = first letter
+    lines = document.per_class_section(result, tmp_path)
+    assert "## Per class" in lines and any("row = superclass of the query" in line for line in lines)
+    assert (tmp_path / "class_matrix.png").stat().st_size > 5_000 and (tmp_path / "per_class.png").exists()

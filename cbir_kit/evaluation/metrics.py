@@ -198,6 +198,38 @@ def ranking_extras(rel: np.ndarray, n_relevant, k: int) -> dict[str, np.ndarray]
             "MRR": reciprocal_ranks(rel, n_relevant), f"nDCG@{k}": ndcg_at_k(rel, n_relevant, k)}
 
 
+# --- per class ----------------------------------------------------------------------------
+
+def per_class_means(values, labels) -> dict[str, tuple[int, float]]:
+    """Per class of the queries: ``(number of queries with a value, mean value)``; NaN values are skipped."""
+    values, labels = np.asarray(values, float), np.asarray(labels)
+    out = {}
+    for c in np.unique(labels):
+        v = values[(labels == c) & np.isfinite(values)]
+        out[str(c)] = (int(len(v)), float(v.mean()) if len(v) else float("nan"))
+    return out
+
+
+def topk_class_matrix(ranked_ids, query_labels, gallery_labels) -> tuple[list[str], np.ndarray]:
+    """Who fills the top k: ``C[i, j]`` = share of the results of class-i queries that have class j.
+
+    ``ranked_ids`` (Q, k) are gallery ids, -1 for nothing; each row of ``C`` sums to 1 (a class
+    whose queries got no result has a row of zeros).  The diagonal is each class's precision@k.
+    Map both label arrays to superclasses first to get the matrix rolled up to them.
+    """
+    ranked_ids = np.asarray(ranked_ids)
+    query_labels, gallery_labels = np.asarray(query_labels).astype(str), np.asarray(gallery_labels).astype(str)
+    classes = sorted(set(query_labels) | set(gallery_labels))
+    position = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)))
+    valid = ranked_ids >= 0
+    rows = np.repeat([position[c] for c in query_labels], ranked_ids.shape[1]).reshape(ranked_ids.shape)[valid]
+    cols = np.array([position[c] for c in gallery_labels])[ranked_ids[valid]]
+    np.add.at(counts, (rows, cols), 1)
+    totals = counts.sum(axis=1, keepdims=True)
+    return classes, np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
 # --- curves: set metrics at many cut-offs (top-k) or score thresholds ---------------------
 
 def hits_at_ks(rel: np.ndarray, ks) -> np.ndarray:

@@ -126,6 +126,34 @@ def difference_lines(results, width: int = 100) -> list[str]:
     return [line[:width] for line in lines]
 
 
+def per_class_section(result, out: Path) -> list[str]:
+    """``report.md`` lines for one result: mAP per query class (table and bar plot) and the
+    class-to-class matrix of the top k, rolled up to superclasses when the dataset has them
+    (``ds.info["coarse_of"]``, e.g. CIFAR-100); the plots are written into ``out``."""
+    from . import plots
+
+    ds = result.ds
+    if ds is None or ds.gnd is not None or result.per_query_ap is None or result.ranked_ids is None:
+        return []
+    per_class = M.per_class_means(result.per_query_ap, ds.query_labels)
+    classes = list(per_class)
+    frame = pd.DataFrame({"queries": [str(per_class[c][0]) for c in classes], "mAP": [per_class[c][1] for c in classes]},
+                         index=pd.Index(classes, name="class")).sort_values("mAP")
+    save_figure(plots.plot_per_class(list(frame.index), frame["mAP"].to_numpy(), "AP"), out / "per_class.png")
+    coarse_of = ds.info.get("coarse_of")
+    query_labels, gallery_labels, what = ds.query_labels, ds.gallery_labels, "class"
+    if coarse_of:
+        query_labels = np.array([coarse_of.get(str(c), str(c)) for c in query_labels])
+        gallery_labels = np.array([coarse_of.get(str(c), str(c)) for c in gallery_labels])
+        what = "superclass"
+    names, matrix = M.topk_class_matrix(result.ranked_ids, query_labels, gallery_labels)
+    save_figure(plots.plot_class_matrix(names, matrix, result.k, what), out / "class_matrix.png")
+    return ["## Per class", "", f"mAP of the queries of each class, worst first ({result_labels([result], None)[0]}).",
+            "", markdown_table(frame), "", "![mAP per class](per_class.png)", "",
+            f"Who fills the top {result.k}: row = {what} of the query, column = {what} of a result; the diagonal "
+            f"is each {what}'s precision@{result.k}.", "", f"![top-{result.k} {what} matrix](class_matrix.png)", ""]
+
+
 def save_figure(fig, path: Path) -> None:
     """Write ``fig`` to ``path`` as a PNG atomically, and close it."""
     import matplotlib.pyplot as plt
@@ -190,6 +218,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                "mAP of each configuration minus the first one's, with a paired bootstrap interval over the "
                "queries (the queries drawn with replacement, 10,000 times, seeded). An interval that contains 0 "
                "means the two cannot be told apart on these queries.", "", markdown_table(differences), ""]
+    md += per_class_section(first, out)
     figures = [("pr_curve.png", "Precision-recall over k", lambda: plots.plot_pr_curve(results, names))]
     figures.append(("methods.png", "mAP and query latency (expansion + search + re-ranking) per method",
                     lambda: plots.plot_methods(table)))

@@ -261,3 +261,29 @@ def plot_query_grid(result, n_best: int = 3, n_worst: int = 3, k: int = 5, thumb
     fig.suptitle(f"{ds.name}: best and worst queries (blue = query, green = relevant, red = not relevant)",
                  fontsize=10)
     return fig
+
+
+def plot_per_class(classes, values, what: str = "AP") -> Figure:
+    """Mean ``what`` per class as horizontal bars, worst class at the top."""
+    order = np.argsort(values)
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.28 * len(classes)), layout="constrained")
+    ax.barh(np.arange(len(classes)), np.asarray(values)[order])
+    ax.set_yticks(np.arange(len(classes)), [shorten(str(classes[i]), 24) for i in order], fontsize=8)
+    ax.set(xlim=(0, 1), xlabel=f"mean {what} of the class's queries", title=f"{what} per query class")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def plot_class_matrix(classes, matrix, k: int, what: str = "class") -> Figure:
+    """Who fills the top k: row = class of the query, column = class of a result, shade = share."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.32 * n, 14), min(1.6 + 0.3 * n, 12)), layout="constrained")
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    if n <= 40:
+        labels = [shorten(str(c), 18) for c in classes]
+        ax.set_xticks(np.arange(n), labels, rotation=90, fontsize=7)
+        ax.set_yticks(np.arange(n), labels, fontsize=7)
+    ax.set(xlabel=f"{what} of a top-{k} result", ylabel=f"{what} of the query",
+           title=f"Who fills the top {k}: share of each query {what}'s results")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
