@@ -7,7 +7,7 @@ import pytest
 from cbir_kit.evaluation import metrics as M
 from cbir_kit.evaluation import revisitop_map as RV
 from cbir_kit.datasets import Dataset
-from cbir_kit.errors import CbirWarning
+from cbir_kit.errors import CbirError, CbirWarning
 from cbir_kit.pipeline.job import evaluate
 from cbir_kit.index.exact import numpy_search
 
@@ -91,3 +91,21 @@ def test_no_warning_when_nothing_is_adjusted(demo_features):
     with warnings.catch_warnings():
         warnings.simplefilter("error", CbirWarning)
         evaluate("demo", k=10, progress=False)
+
+
+def test_one_rule_for_queries_with_nothing_to_find_and_its_count_in_the_json(demo_features):
+    _, _, ds = demo_features
+    labels = ds.gallery_labels.copy()
+    labels[0] = "lonely"
+    loo = Dataset(name="demo-loo", query=ds.gallery, gallery=ds.gallery, query_labels=labels,
+                  gallery_labels=labels, leave_one_out=True)
+    with pytest.warns(CbirWarning, match="left out of every metric, or count as 0 in every one"):
+        skip = evaluate(loo, k=10, progress=False)
+    zero = evaluate(loo, k=10, progress=False, no_relevant="zero")
+    assert skip.config["no_relevant"] == {"rule": "skip", "queries": 1} and zero.config["no_relevant"]["rule"] == "zero"
+    share = (ds.n_gallery - 1) / ds.n_gallery
+    for name in ("mAP", "P@1", "P@10", "R@10", "precision", "recall", "f1", "MAP@R", "MRR", "nDCG@10"):
+        assert zero.metrics[name] == pytest.approx(skip.metrics[name] * share), name
+    assert skip.metrics["P@10"] == pytest.approx(skip.metrics["precision"])   # top-10 precision is P@10 again
+    with pytest.raises(CbirError, match="no_relevant='none' must be one of skip, zero"):
+        evaluate(loo, progress=False, no_relevant="none")

@@ -14,7 +14,8 @@ def run_evaluate(args) -> int:
     from ..pipeline.job import evaluate
 
     result = evaluate(dataset=args.dataset, model=args.model, k=args.k, head=args.head,
-                      methods=methods_from_args(args), runtime=runtime_from_args(args))
+                      methods=methods_from_args(args), no_relevant=args.no_relevant,
+                      runtime=runtime_from_args(args))
     print(result.table())
     if "exact_metrics" in result.config:
         exact = result.config["exact_metrics"]
@@ -34,6 +35,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
     p.add_argument("--head", default=None, metavar="PATH",
                    help="a head from `cbir train`: applied to the frozen features; its training images are left out")
+    p.add_argument("--no-relevant", default="skip", choices=["skip", "zero"],
+                   help="queries with no relevant gallery item: left out of every metric (skip, default) or "
+                        "counted as 0 in every one (zero, trec_eval's rule)")
     add_method_flags(p)
     p.set_defaults(func=run_evaluate)
 

@@ -135,17 +135,41 @@ def set_metrics(n_hits, n_retrieved, n_relevant) -> dict[str, float]:
             "f1": float(f1[valid].mean())}
 
 
-def topk_metrics(rel: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[str, float]:
-    """mAP over the ranking in ``rel`` plus P@1/5/10, R@10, hit rate@k and top-k set metrics."""
-    n_relevant = np.asarray(n_relevant)
-    out = {"mAP": mean_average_precision(rel, n_relevant)}
-    for cut in (1, 5, 10):
-        out[f"P@{cut}"] = precision_at_k(rel, cut)
-    out["R@10"] = recall_at_k(rel, n_relevant, 10)
-    out[f"hit_rate@{k}"] = hit_rate_at_k(rel, k)
+NO_RELEVANT_RULES = ("skip", "zero")
+
+
+def query_mean(values, n_relevant, no_relevant: str = "skip") -> float:
+    """The mean over queries of per-query ``values``, under the one rule for queries with no relevant item.
+
+    ``skip`` (the default): they are left out of the mean of every metric (their AP, recall and
+    F1 do not exist, and their P@k would only measure the dataset).  ``zero``: they count as 0 in
+    every metric, trec_eval's rule when such queries are in its qrels (``trec_eval -c``).
+    """
+    values, has = np.asarray(values, np.float64), np.asarray(n_relevant) > 0
+    if no_relevant == "skip":
+        return float(values[has].mean()) if has.any() else float("nan")
+    if no_relevant == "zero":
+        return float(np.where(has, values, 0.0).mean()) if len(values) else float("nan")
+    raise ValueError(f"no_relevant={no_relevant!r} must be one of {NO_RELEVANT_RULES}")
+
+
+def topk_metrics(rel: np.ndarray, n_relevant: np.ndarray, k: int, no_relevant: str = "skip") -> dict[str, float]:
+    """mAP over the ranking in ``rel`` plus P@1/5/10, R@10, hit rate@k and top-k set metrics.
+
+    Every one is a mean over queries under the same rule for queries with no relevant item
+    (:func:`query_mean`).
+    """
+    rel, n_relevant = np.asarray(rel, bool), np.asarray(n_relevant)
     kk = min(k, rel.shape[1])
-    out.update(set_metrics(rel[:, :kk].sum(axis=1), np.full(len(rel), kk), n_relevant))
-    return out
+    per_query = {"mAP": average_precisions(rel, n_relevant)}
+    for cut in (1, 5, 10):
+        per_query[f"P@{cut}"] = rel[:, :cut].sum(axis=1) / cut
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_query["R@10"] = rel[:, :10].sum(axis=1) / n_relevant
+    per_query[f"hit_rate@{k}"] = rel[:, :k].any(axis=1).astype(np.float64)
+    precision, recall, f1 = set_scores(rel[:, :kk].sum(axis=1), np.full(len(rel), kk), n_relevant)
+    per_query.update(precision=precision, recall=recall, f1=f1)
+    return {name: query_mean(values, n_relevant, no_relevant) for name, values in per_query.items()}
 
 
 # --- more of what retrieval papers and pytorch-metric-learning report ---------------------

@@ -74,8 +74,8 @@ def skip_notice(skipped) -> list[str]:
         [f"  {img}: {reason}" for img, reason in skipped] + [""]
 
 
-def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k: int,
-                         chunk: int = 256) -> tuple[dict, np.ndarray, np.ndarray]:
+def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k: int, chunk: int = 256,
+                         no_relevant: str = "skip") -> tuple[dict, np.ndarray, np.ndarray]:
     """Rank the whole gallery for every query (in chunks) and compute the metrics.
 
     For leave-one-out datasets the query's own gallery entry is removed from its ranking.
@@ -126,9 +126,10 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
             t_retrieved.append(retrieved)
     rel = np.concatenate(rels)
     ap = np.concatenate(aps)
-    out = M.topk_metrics(rel, n_relevant, min(k, depth))
-    out["mAP"] = float(np.nanmean(ap))
-    out.update({name: float(np.nanmean(np.concatenate([e[name] for e in extras]))) for name in extras[0]})
+    out = M.topk_metrics(rel, n_relevant, min(k, depth), no_relevant)
+    out["mAP"] = M.query_mean(ap, n_relevant, no_relevant)
+    out.update({name: M.query_mean(np.concatenate([e[name] for e in extras]), n_relevant, no_relevant)
+                for name in extras[0]})
     if gnd is not None:
         out.update(revisitop_map.summarize({s: (np.concatenate(a), np.concatenate(p)) for s, (a, p) in per_setting.items()}))
     curves = {"over_k": {"k": curve_ks, **M.set_metrics_curve(np.concatenate(k_hits), curve_ks, n_relevant)}}
@@ -141,8 +142,8 @@ def full_ranking_metrics(index: ExactIndex, queries: np.ndarray, ds: Dataset, k:
 def warn_unanswerable_queries(ds: Dataset, n_relevant: np.ndarray) -> None:
     """One :class:`CbirWarning` naming the classes whose queries have no relevant gallery item.
 
-    Under leave-one-out that is a class of a single image.  Such a query scores 0 in P@k and
-    is left out of mAP, precision, recall and F1 (there is nothing it could find).
+    Under leave-one-out that is a class of a single image.  Such a query is left out of every
+    metric (or counts as 0 in every one with ``no_relevant="zero"``): there is nothing it could find.
     """
     classes = sorted({str(label) for label in ds.query_labels[np.asarray(n_relevant) == 0]})
     if not classes:
@@ -152,8 +153,15 @@ def warn_unanswerable_queries(ds: Dataset, n_relevant: np.ndarray) -> None:
         what, fix = f"class(es) with a single image: {names}", "add a second image to each or remove them"
     else:
         what, fix = f"query class(es) with no gallery image: {names}", "add gallery images of them or drop those queries"
-    warnings.warn(f"{ds.name}: {len(classes)} {what}; their queries score 0 in P@k and are left out of mAP, "
-                  f"precision, recall and F1 ({fix})", CbirWarning, stacklevel=3)
+    warnings.warn(f"{ds.name}: {len(classes)} {what}; their queries have nothing to find and are left out of "
+                  f"every metric, or count as 0 in every one with no_relevant='zero' ({fix})", CbirWarning, stacklevel=3)
+
+
+def unanswerable(ds: Dataset) -> int:
+    """How many queries have no relevant gallery item (revisitop: none in the Medium setting)."""
+    if ds.gnd is not None:
+        return int(sum(len(revisitop_map.setting_lists(g, "medium")[0]) == 0 for g in ds.gnd))
+    return int((ds.n_relevant() == 0).sum())
 
 
 def clamp_k(k: int, n_gallery: int, leave_one_out: bool) -> int:
@@ -210,8 +218,8 @@ def hold_out_trained_images(model: str, trained_head, ds: Dataset, queries, gall
 
 
 def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int = 10, *,
-             head: str | os.PathLike | None = None, methods=None, runtime: Runtime | None = None,
-             **runtime_options) -> EvalResult:
+             head: str | os.PathLike | None = None, methods=None, no_relevant: str = "skip",
+             runtime: Runtime | None = None, **runtime_options) -> EvalResult:
     """Run the whole pipeline once and measure it (see the module docstring).
 
     ``methods``: a :class:`cbir_kit.pipeline.stages.Methods` (ANN index, hash shortlist, QE, DBA,
@@ -222,6 +230,10 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     gallery before indexing, and the images it was trained on are left out (held-out test).
     A ``finetuned:PATH`` model (``cbir finetune``) leaves out its training images the same way.
 
+    ``no_relevant``: the rule for queries with no relevant item in the gallery, the same for every
+    metric (:func:`cbir_kit.evaluation.metrics.query_mean`): ``skip`` them (default) or count them
+    as ``zero`` (trec_eval's rule); ``config["no_relevant"]`` records the rule and how many there were.
+
     ``runtime`` (:class:`cbir_kit.runtime.Runtime`): data root, cache, device, batch size,
     decoding threads, progress bars and seed; single fields may be given as keywords instead,
     e.g. ``evaluate("demo", progress=False)``.
@@ -229,6 +241,8 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     rt = runtime_of(runtime, runtime_options)
     if k < 1:
         raise CbirError(f"k={k!r} must be at least 1")
+    if no_relevant not in M.NO_RELEVANT_RULES:
+        raise CbirError(f"no_relevant={no_relevant!r} must be one of {', '.join(M.NO_RELEVANT_RULES)}")
     t_start = time.perf_counter()
     trained_head = None
     if head is not None:  # checked before any extraction: a wrong head fails fast
@@ -251,12 +265,13 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     index.search(queries, k_eff, own_ids=np.arange(len(queries)) if ds.leave_one_out else None)
     search_s = time.perf_counter() - t0
 
-    metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff)
+    metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff, no_relevant=no_relevant)
     method_timings, method_config = {}, {}
     if methods is not None and methods.active():
         from .stages import apply_methods
         metric_values, ap, top, method_timings, method_config = apply_methods(
-            methods, queries, gallery, ds, k_eff, metric_values, extraction["extractor"], extraction["cache"], rt)
+            methods, queries, gallery, ds, k_eff, metric_values, extraction["extractor"], extraction["cache"], rt,
+            no_relevant)
     extract_s = extraction["extract_s"]
     timings = {"extract_s": extract_s,
                "images_per_s": extraction["n_images"] / extract_s if extract_s > 0 else float("inf"),
@@ -269,6 +284,8 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
         skipped=extraction["skipped"], config={"seed": rt.seed, "device": str(extraction["extractor"].device),
                                                "index": "Flat",
                                                "metric": "inner product (cosine on L2-normalised features)",
+                                               "no_relevant": {"rule": no_relevant,
+                                                               "queries": unanswerable(ds)},
                                                **held_out, **method_config},
         per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
     )

@@ -70,15 +70,14 @@ class Methods:
                 parse_method(option, getattr(self, option))
 
 
-def _ranking_metrics(ids: np.ndarray, ds, k: int) -> tuple[dict, np.ndarray]:
+def _ranking_metrics(ids: np.ndarray, ds, k: int, no_relevant: str = "skip") -> tuple[dict, np.ndarray]:
     n_relevant = ds.n_relevant()
     rel = M.relevance_matrix(ids, ds.query_labels, ds.gallery_labels)
     if rel.shape[1] < 10:  # P@10 needs 10 columns: missing ranks are not relevant
         rel = np.pad(rel, ((0, 0), (0, 10 - rel.shape[1])))
-    out = M.topk_metrics(rel, n_relevant, k)
+    out = M.topk_metrics(rel, n_relevant, k, no_relevant)
     ap = M.average_precisions(rel, n_relevant)
-    out["mAP"] = float(np.nanmean(ap))
-    out.update({name: float(np.nanmean(v)) for name, v in M.ranking_extras(rel, n_relevant, k).items()})
+    out.update({name: M.query_mean(v, n_relevant, no_relevant) for name, v in M.ranking_extras(rel, n_relevant, k).items()})
     return out, ap
 
 
@@ -225,8 +224,8 @@ def threshold_stage(run: Run, ids: np.ndarray, dist: np.ndarray) -> dict:
 
 
 def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds, k: int,
-                  exact_metrics: dict, extractor=None, cache=None,
-                  runtime: Runtime | None = None) -> tuple[dict, np.ndarray, np.ndarray, dict, dict]:
+                  exact_metrics: dict, extractor=None, cache=None, runtime: Runtime | None = None,
+                  no_relevant: str = "skip") -> tuple[dict, np.ndarray, np.ndarray, dict, dict]:
     """Run the configured stages in the module docstring's order.
 
     Returns ``(metrics, per-query AP, top-k ids, timings, config)``; ``recall@k_vs_exact`` compares
@@ -252,7 +251,7 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
     # what one query costs online: expansion, index search, re-ranking (TTA is extraction, not counted)
     run.timings["query_ms_per_query"] = run.timings["search_ms_per_query"] + run.per_query_ms(
         run.timings.get("qe_s", 0.0) + run.timings.get("kreciprocal_s", 0.0))
-    out, ap = _ranking_metrics(ids, ds, k)
+    out, ap = _ranking_metrics(ids, ds, k, no_relevant)
     out[f"recall@{k}_vs_exact"] = recall_vs_exact(ids, exact_top, k)
     if shortlist is not None:
         out[f"shortlist_recall@{k}"] = shortlist_recall(shortlist, exact_top)
