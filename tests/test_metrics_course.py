@@ -60,3 +60,17 @@ def test_perfect_ranking_has_ahp_one_and_nothing_similar_is_nan():
     gains, ideal = M.hierarchical_gains(np.array([[0, 1]]), np.array([4]), np.array([0, 1]), COARSE)
     assert np.isnan(M.ahp_at_k(gains, ideal, 2)[0])
     assert np.isnan(M.mahp_at_k(gains, ideal, 2))
+
+
+def test_on_an_unbalanced_gallery_only_the_gallerys_own_ideal_gives_a_perfect_ranking_ahp_one():
+    """Why cbir_kit's ideal and the hash project's 100-per-class ideal differ, and which is right."""
+    coarse_of = {"cat": "animal", "dog": "animal", "car": "vehicle"}
+    gallery = np.array(["cat"] * 60 + ["dog"] * 140 + ["car"] * 100)
+    for query in ("cat", "dog"):
+        sims = M.hierarchy_similarity(query, gallery, coarse_of)
+        perfect = np.argsort(-sims, kind="stable")[None, :250]        # the best possible ranking
+        gains, ideal = M.hierarchical_gains(perfect, np.array([query]), gallery, coarse_of)
+        assert M.ahp_at_k(gains, ideal, 250)[0] == pytest.approx(1.0)
+        assumed = np.r_[np.ones(100), np.full(150, 0.5)][None, :]      # "100 images per class"
+        wrong = M.ahp_at_k(gains, assumed, 250)[0]
+        assert (wrong < 1.0) if query == "cat" else (wrong > 1.0)     # too strict for cat, above 1 for dog

@@ -378,6 +378,13 @@ def ahp_at_k(gains: np.ndarray, ideal: np.ndarray, k: int) -> np.ndarray:
 
     HP@r = sum_{i<=r} gains[i] / sum_{i<=r} ideal[i];  AHP@k = (1/k) sum_{r<=k} HP@r.
     Queries whose ideal prefix sum is 0 (nothing similar at all) give NaN.
+
+    The ideal must be the best ranking of *this* gallery (:func:`hierarchical_gains` sorts the
+    gallery's own similarities).  The hash project's code assumes 100 images per class instead;
+    on an unbalanced gallery that ideal is wrong in both directions: a class with fewer images is
+    held to gains that do not exist, so even a perfect ranking scores below 1, and a class with
+    more is held to too little.  With the gallery's own ideal a perfect ranking scores exactly 1
+    on any gallery, which is what makes HP a precision (tests/test_metrics_course.py).
     """
     got = np.cumsum(np.asarray(gains, np.float64)[:, :k], axis=1)
     best = np.cumsum(np.asarray(ideal, np.float64)[:, :k], axis=1)
