@@ -530,3 +530,45 @@ def test_an_unusable_cache_folder_is_one_clear_line(tmp_path, capsys):
     assert main(["evaluate", "--cache", str(blocker / "cache"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(blocker / "cache") in err[0] and "--cache" in err[0] and "Traceback" not in err[0]
+
+
+class CountingExtractor(TinyExtractor):
+    """Counts the images it really embeds."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedded = 0
+
+    def embed_batch(self, batch):
+        self.embedded += len(batch)
+        return super().embed_batch(batch)
+
+
+def _image_files(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(_pictures(n, seed=seed)):
+        paths.append(folder / f"im{i:02d}.png")
+        img.save(paths[-1])
+    return paths
+
+
+def test_the_cache_reuses_each_images_features_wherever_the_same_content_appears(tmp_path):
+    paths = _image_files(tmp_path / "imgs", 12)
+    cache = FeatureCache(tmp_path / "cache")
+    ex = CountingExtractor()
+    first, hit = cache.get_or_extract(ex, paths[:8], progress=False)
+    assert not hit and ex.embedded == 8
+    shuffled = [paths[i] for i in (7, 3, 0, 5, 1, 6, 2, 4)]                   # the same images, another order
+    again, hit = cache.get_or_extract(ex, shuffled, progress=False)
+    assert hit and ex.embedded == 8
+    np.testing.assert_array_equal(again.vectors, first.vectors[[7, 3, 0, 5, 1, 6, 2, 4]])
+    superset, hit = cache.get_or_extract(ex, paths, progress=False)            # 4 new images: only they run
+    assert not hit and ex.embedded == 12
+    fresh, _ = FeatureCache(tmp_path / "other").get_or_extract(TinyExtractor(), paths, progress=False)
+    np.testing.assert_allclose(superset.vectors, fresh.vectors, atol=1e-6)
+    _pictures(1, seed=9)[0].save(paths[2])                                   # changed content: embedded again
+    changed, _ = cache.get_or_extract(ex, paths[:8], progress=False)
+    assert ex.embedded == 13 and not np.allclose(changed.vectors[2], first.vectors[2])
+    np.testing.assert_array_equal(changed.vectors[[0, 1, 3]], first.vectors[[0, 1, 3]])
+    assert _stray(tmp_path / "cache") == []

@@ -5,7 +5,14 @@ image in order).  A complete entry is two files in the cache folder:
 
 ``KEY.npy``   the (N, D) float32 vectors (NaN rows for images that failed to load),
 ``KEY.json``  ``n``, ``dim``, ``n_bytes`` (size of ``KEY.npy``), ``checksum`` (blake2b of the
-              vectors' bytes, row-major), ``failures`` and the identity.
+              vectors' bytes, row-major), ``failures``, the identity and ``fingerprints`` (the
+              content hash of each row's image).
+
+Features are reused image by image: on a miss, every complete entry of the same identity is
+searched for the requested images' content hashes, so the same images in another order, under
+other labels or inside a larger set are not embedded again (only the images no entry holds
+are, as an entry of their own); an image whose bytes changed has another hash and is embedded
+anew.
 
 While features are being extracted they are committed in chunks to ``KEY.partial/``:
 ``chunk-000000000.npy`` ... (named by their first image) plus ``manifest.json``, which lists
@@ -166,11 +173,12 @@ def _filelock(path: Path, on_wait: Callable[[], None]):
         lock.release()
 
 
-def cache_key(identity: dict, images: Sequence[ImageRef]) -> str:
+def cache_key(identity: dict, fingerprints: Sequence[str]) -> str:
+    """The entry key of images with content hashes ``fingerprints`` (in order) under ``identity``."""
     h = hashlib.blake2b(digest_size=20)
     h.update(json.dumps({"format": CACHE_FORMAT, **identity}, sort_keys=True).encode())
-    for ref in images:
-        h.update(fingerprint(ref).encode())
+    for fp in fingerprints:
+        h.update(fp.encode())
     return h.hexdigest()
 
 
@@ -296,7 +304,7 @@ class FeatureCache:
             return None
 
     def _publish(self, key: str, chunks: Sequence[Path], n: int, dim: int, failures: list,
-                 identity: dict) -> Features:
+                 identity: dict, fingerprints: Sequence[str] | None = None) -> Features:
         """Assemble the chunk files into ``KEY.npy`` (streaming), then publish ``KEY.json``."""
         vec_path = self.vectors_path(key)
         digest = hashlib.blake2b(digest_size=16)
@@ -314,7 +322,8 @@ class FeatureCache:
 
         _write_atomic(vec_path, write)
         meta = {"format": CACHE_FORMAT, "n": n, "dim": dim, "n_bytes": vec_path.stat().st_size,
-                "checksum": digest.hexdigest(), "failures": [list(f) for f in failures], "identity": identity}
+                "checksum": digest.hexdigest(), "failures": [list(f) for f in failures], "identity": identity,
+                "fingerprints": list(fingerprints) if fingerprints is not None else None}
         _write_json(self.meta_path(key), meta)
         _fsync_dir(self.dir)
         shutil.rmtree(self.partial_dir(key), ignore_errors=True)
@@ -322,15 +331,20 @@ class FeatureCache:
             np.asarray(np.load(vec_path, mmap_mode="c", allow_pickle=False))
         return Features(vectors, _ok_mask(n, failures), [tuple(f) for f in failures])
 
-    def save(self, key: str, feats: Features, identity: dict) -> Path:
+    def save(self, key: str, feats: Features, identity: dict, fingerprints: Sequence[str] | None = None) -> Path:
         """Store in-memory ``feats`` as a complete entry (one chunk), atomically."""
         with self.lock(key):
-            part = self.partial_dir(key)
-            part.mkdir(parents=True, exist_ok=True)
-            chunk = part / _chunk_name(0)
-            vectors = np.ascontiguousarray(feats.vectors, dtype=np.float32)
-            _write_atomic(chunk, lambda f: np.save(f, vectors))
-            self._publish(key, [chunk], len(vectors), vectors.shape[1], list(feats.failures), identity)
+            return self.save_unlocked(key, feats, identity, fingerprints)
+
+    def save_unlocked(self, key: str, feats: Features, identity: dict,
+                      fingerprints: Sequence[str] | None = None) -> Path:
+        """:meth:`save` for a caller that already holds ``key``'s lock."""
+        part = self.partial_dir(key)
+        part.mkdir(parents=True, exist_ok=True)
+        chunk = part / _chunk_name(0)
+        vectors = np.ascontiguousarray(feats.vectors, dtype=np.float32)
+        _write_atomic(chunk, lambda f: np.save(f, vectors))
+        self._publish(key, [chunk], len(vectors), vectors.shape[1], list(feats.failures), identity, fingerprints)
         return self.vectors_path(key)
 
     def _resume_manifest(self, key: str, n: int, identity: dict) -> dict:
@@ -393,16 +407,55 @@ class FeatureCache:
         without extracting anything.
         """
         identity = extractor.cache_identity()
-        key = cache_key(identity, images)
+        fingerprints = [fingerprint(ref) for ref in images]
+        key = cache_key(identity, fingerprints)
         n = len(images)
         with self.lock(key):
             cached = self.load(key, n)
             if cached is not None:
                 return cached, True
-            return self._extract(key, extractor, images, identity, progress, desc), False
+            found = self._found_elsewhere(identity, fingerprints)
+            if not found:
+                return self._extract(key, extractor, images, identity, progress, desc, fingerprints), False
+            missing = [i for i in range(n) if i not in found]
+            new = None
+            if missing:
+                new, _ = self.get_or_extract(extractor, [images[i] for i in missing], progress, desc)
+            feats = _combine(n, found, missing, new)
+            self.save_unlocked(key, feats, identity, fingerprints)
+            return self.load(key, n), not missing
+
+    def _found_elsewhere(self, identity: dict, fingerprints: Sequence[str]) -> dict[int, np.ndarray]:
+        """Rows of ``fingerprints`` whose features another complete entry of the same identity holds.
+
+        Entries are matched by each image's content hash, so the same image found in another order,
+        under other labels or inside a larger set is never extracted again; an image whose bytes
+        changed has another hash and is not found.  Rows that failed to load there are not reused.
+        """
+        wanted = {fp: i for i, fp in enumerate(fingerprints)}
+        found: dict[int, np.ndarray] = {}
+        for meta_path in sorted(self.dir.glob("*.json")):
+            if len(found) == len(wanted):
+                break
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("format") != CACHE_FORMAT or meta.get("identity") != identity or not meta.get("fingerprints"):
+                continue
+            rows = [(r, wanted[fp]) for r, fp in enumerate(meta["fingerprints"])
+                    if fp in wanted and wanted[fp] not in found]
+            failed = {int(f[0]) for f in meta["failures"]}
+            rows = [(r, i) for r, i in rows if r not in failed]
+            if not rows:
+                continue
+            other = self.load(meta_path.stem, meta["n"])
+            if other is not None:
+                found.update({i: np.array(other.vectors[r]) for r, i in rows})
+        return found
 
     def _extract(self, key: str, extractor: Extractor, images: Sequence[ImageRef], identity: dict,
-                 progress: bool, desc: str) -> Features:
+                 progress: bool, desc: str, fingerprints: Sequence[str] | None = None) -> Features:
         """Extract the images no verified chunk holds, committing chunks as they fill, then publish."""
         part = self.partial_dir(key)
         manifest = self._resume_manifest(key, len(images), identity)
@@ -418,7 +471,7 @@ class FeatureCache:
         dim = manifest["dim"] if manifest["dim"] is not None else extractor.dim
         chunks = manifest["chunks"]
         failures = [tuple(f) for c in chunks for f in c["failures"]]
-        return self._publish(key, [part / c["file"] for c in chunks], n, dim, failures, identity)
+        return self._publish(key, [part / c["file"] for c in chunks], n, dim, failures, identity, fingerprints)
 
     def _extract_ranges(self, part: Path, manifest: dict, extractor: Extractor, images: Sequence[ImageRef],
                         gaps: list[tuple[int, int]], progress: bool, desc: str) -> None:
@@ -455,6 +508,19 @@ class FeatureCache:
             "checksum": _checksum([vectors]), "failures": [list(f) for b in batches for f in b.failures]})
         manifest["chunks"].sort(key=lambda c: c["start"])
         _write_json(part / "manifest.json", manifest)
+
+
+def _combine(n: int, found: dict[int, np.ndarray], missing: list[int], new: Features | None) -> Features:
+    """Features of ``n`` images: rows ``found`` elsewhere in the cache, the ``missing`` rows from ``new``."""
+    dim = len(next(iter(found.values())))
+    vectors = np.full((n, dim), np.nan, dtype=np.float32)
+    for i, row in found.items():
+        vectors[i] = row
+    failures = []
+    if new is not None:
+        vectors[missing] = new.vectors
+        failures = [(missing[i], img, reason) for i, img, reason in new.failures]
+    return Features(vectors, _ok_mask(n, failures), failures)
 
 
 def _chunk_name(start: int) -> str:
