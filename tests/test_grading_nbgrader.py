@@ -238,6 +238,10 @@ def test_batch_of_five_students(tmp_path):
     with open(out / "grades.csv") as fh:
         assert [r["points"] for r in csv.DictReader(fh)] == [str(r["points"]) for r in rows]
     assert list(rows[0]) == nbgrade.GRADE_COLUMNS
+    row = {(r["student"], r["exercise"]): r for r in rows}
+    assert row["partly", "test_square_hidden"]["failed_in"] == "hidden" and row["partly", "test_square_hidden"]["error"]
+    assert row["partly", "test_square_visible"]["failed_in"] == "" and row["correct", "test_cube"]["error"] == ""
+    assert all(isinstance(r["seconds"], float) and r["seconds"] > 0 for r in rows if r["status"] == "graded")
     from nbgrader.api import Gradebook
     with Gradebook(f"sqlite:///{gradebook}") as gb:
         assert gb.find_submission("ps1", "correct").score == 6

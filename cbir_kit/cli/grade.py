@@ -63,6 +63,19 @@ def _challenge(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from ..report.grades import exercise_table, read_grades, write_grade_report
+
+    path = write_grade_report(args.grades, args.out)
+    table = exercise_table(read_grades(args.grades))
+    weak = [f"{nb}: {ex}" for nb, ex in table.index[table["visible test too weak"]]]
+    print(f"{len(table)} exercises, pass rate {table['pass rate'].mean():.0%} on average")
+    if weak:
+        print("visible tests that let many hidden failures through: " + ", ".join(weak))
+    print(f"wrote {path} and {path.with_suffix('.html')}")
+    return 0
+
+
 def add_grade(sub) -> None:
     p = sub.add_parser("grade", help="instructor grading: nbgrader course and retrieval challenge")
     g = p.add_subparsers(dest="grade_command", metavar="ACTION", required=True)
@@ -87,6 +100,12 @@ def add_grade(sub) -> None:
                    help="any other sandbox limit, e.g. notebook_output_mb=16, work_mb=256, group_memory_mb=4096 "
                         "(repeatable; names in grading/README.md)")
     a.set_defaults(func=_autograde)
+
+    rep = g.add_parser("report", help="per exercise: pass rate, common errors, hidden failures, grading times")
+    rep.add_argument("grades", metavar="GRADES_CSV", help="the grades.csv of `cbir grade autograde`")
+    rep.add_argument("--out", default="grades-report", help="folder for report.md, report.html and the plot "
+                                                            "(default: grades-report)")
+    rep.set_defaults(func=_report)
 
     c = g.add_parser("challenge", help="run the retrieval challenge and write the leaderboard")
     c.add_argument("submissions", metavar="SUBMISSIONS_DIR",

@@ -43,6 +43,24 @@ def _failing_line(error: dict) -> int | None:
     return int(found[-1]) if found else None
 
 
+def outcome(source: str, outputs: list) -> tuple[str, str, str]:
+    """How a graded test cell ended: ``(where, error, message)`` from its source and outputs.
+
+    ``where`` is ``""`` (passed), ``visible`` (the part above ``### BEGIN HIDDEN TESTS``, which the
+    student has) or ``hidden``; ``error`` the misconception key of a hidden test that names one,
+    else the exception's name.
+    """
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    if not errors:
+        return "", "", ""
+    ename, evalue = errors[0].get("ename", "error"), str(errors[0].get("evalue", ""))
+    if evalue.startswith(PREFIX):
+        return "hidden", evalue[len(PREFIX):].strip(), evalue
+    line = _failing_line(errors[0])
+    visible_lines = source[:source.find(MARKER)].count("\n") if MARKER in source else line or 0
+    return ("visible" if line is not None and line <= visible_lines else "hidden"), ename, evalue
+
+
 def verdict(source: str, outputs: list, catalogue: dict[str, str]) -> str:
     """The one line a student sees for a test cell with hidden tests, from its source and outputs.
 
@@ -50,19 +68,15 @@ def verdict(source: str, outputs: list, catalogue: dict[str, str]) -> str:
     that test already.  A hidden failure shows the catalogue's sentence for its misconception key,
     else only the exception's name.
     """
-    errors = [o for o in outputs if o.get("output_type") == "error"]
-    if not errors:
+    where, error, message = outcome(source, outputs)
+    if not where:
         return "Hidden tests passed."
-    ename, evalue = errors[0].get("ename", "error"), str(errors[0].get("evalue", ""))
-    line = _failing_line(errors[0])
-    visible_lines = source[:source.find(MARKER)].count("\n") if MARKER in source else 0
-    if line is not None and line <= visible_lines and not evalue.startswith(PREFIX):
-        return f"A visible test failed: {ename}: {evalue[:500]}"
-    if evalue.startswith(PREFIX):
-        key = evalue[len(PREFIX):].strip()
-        if key in catalogue:
-            return f"Hidden tests failed: {catalogue[key]}"
-    return f"Hidden tests failed ({ename}); their code is not shown."
+    if where == "visible":
+        return f"A visible test failed: {error}: {message[:500]}"
+    if error in catalogue:
+        return f"Hidden tests failed: {catalogue[error]}"
+    name = next(o.get("ename", "error") for o in outputs if o.get("output_type") == "error")
+    return f"Hidden tests failed ({name}); their code is not shown."
 
 
 class StderrIsNotAFailure(NbGraderPreprocessor):

@@ -42,7 +42,10 @@ from .sandbox import Limits, Sandbox
 from .text import spreadsheet_safe
 
 KERNEL_NAME = "cbir-sandbox"
-GRADE_COLUMNS = ["student", "assignment", "notebook", "exercise", "points", "max_points", "status", "reason"]
+# failed_in: "" (passed or not run), visible or hidden; error: the exception's name or the misconception key
+# of a failed test cell; seconds: how long grading the notebook took (the same on each of its rows)
+GRADE_COLUMNS = ["student", "assignment", "notebook", "exercise", "points", "max_points", "status", "reason",
+                 "failed_in", "error", "seconds"]
 
 FEEDBACK_PREPROCESSORS = ["nbgrader.preprocessors.GetGrades", "cbir_kit.grade.feedback.HideHiddenTestOutputs",
                           "nbgrader.preprocessors.ClearHiddenTests",
@@ -76,6 +79,7 @@ class NotebookRun:
     notebook: str
     status: str   # graded | failed | timeout | missing
     reason: str = ""
+    seconds: float | str = ""   # how long grading took ("" when it did not run)
 
 
 def _course(course: str | Path) -> Course:
@@ -282,7 +286,8 @@ def _grade_one(settings: Course, config: list[str], tmp: Path, box: Sandbox, stu
     except subprocess.TimeoutExpired:
         _drop_autograded(course, student, assignment, nb)
         return NotebookRun(student, assignment, nb, "timeout",
-                           f"grading the notebook took longer than {notebook_timeout:g} s; stopped")
+                           f"grading the notebook took longer than {notebook_timeout:g} s; stopped",
+                           round(notebook_timeout, 1))
     except DiskQuotaExceeded as err:
         _drop_autograded(course, student, assignment, nb)
         return NotebookRun(student, assignment, nb, "failed", f"stopped: the notebook {err} (limit work_mb)")
@@ -291,7 +296,8 @@ def _grade_one(settings: Course, config: list[str], tmp: Path, box: Sandbox, stu
         shutil.rmtree(run_dir, ignore_errors=True)
     if r.returncode != 0 or not (course / "autograded" / student / assignment / f"{nb}.ipynb").is_file():
         return NotebookRun(student, assignment, nb, "failed", f"autograde failed: {_last_error(r.stdout)}")
-    return NotebookRun(student, assignment, nb, "graded", f"{time.perf_counter() - t0:.1f} s")
+    seconds = round(time.perf_counter() - t0, 1)
+    return NotebookRun(student, assignment, nb, "graded", f"{seconds} s", seconds)
 
 
 def _drop_autograded(course: Path, student: str, assignment: str, nb: str) -> None:
@@ -333,9 +339,11 @@ def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRu
     rows = []
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         for run in runs:
+            outcomes = _cell_outcomes(course / "autograded" / run.student / run.assignment / f"{run.notebook}.ipynb")
             cells = gb.find_notebook(run.notebook, run.assignment).grade_cells
             for cell in sorted(cells, key=lambda c: c.name):
                 points, status, reason = 0.0, run.status, "" if run.status == "graded" else run.reason
+                failed_in, error = outcomes.get(cell.name, ("", ""))
                 if run.status == "graded":
                     try:
                         grade = gb.find_grade(cell.name, run.notebook, run.assignment, run.student)
@@ -348,8 +356,24 @@ def _grade_rows(course: Path, tasks: dict[str, list[str]], runs: list[NotebookRu
                         points = float(grade.score)
                 rows.append({"student": run.student, "assignment": run.assignment, "notebook": run.notebook,
                              "exercise": cell.name, "points": points, "max_points": float(cell.max_score),
-                             "status": status, "reason": reason})
+                             "status": status, "reason": reason, "failed_in": failed_in, "error": error,
+                             "seconds": run.seconds})
     return rows
+
+
+def _cell_outcomes(notebook: Path) -> dict[str, tuple[str, str]]:
+    """``{grade_id: (failed_in, error)}`` of the graded test cells of an autograded notebook."""
+    from .feedback import outcome
+
+    if not notebook.is_file():
+        return {}
+    out = {}
+    for cell in json.loads(notebook.read_text()).get("cells", []):
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id and cell.get("cell_type") == "code":
+            where, error, _ = outcome("".join(cell.get("source", "")), cell.get("outputs", []))
+            out[grade_id] = (where, error)
+    return out
 
 
 def _write_csv(rows: list[dict], path: Path) -> None:
