@@ -160,3 +160,16 @@ def test_grades_csv_has_one_row_per_exercise_and_student(graded):
         per[r["student"]] += 1
     assert per["solved"] == per["unsolved"] >= 3 * len(NOTEBOOKS)
     assert {r["status"] for r in rows} <= {"graded", "missing", "manual"}
+
+
+def test_the_grade_report_reads_the_class_and_names_where_the_wrong_answers_fail(graded, tmp_path):
+    from cbir_kit.report.grades import exercise_table
+
+    _, out, rows = graded
+    assert all(r["failed_in"] == "" for r in rows if r["student"] == "solved")
+    wrong = [r for r in rows if r["student"] == "wrong" and r["status"] == "graded" and r["points"] != r["max_points"]]
+    assert wrong and all(r["failed_in"] in ("visible", "hidden") and r["error"] for r in wrong)
+    assert cbir(["grade", "report", str(out / "grades.csv"), "--out", str(tmp_path / "report")]) == 0
+    table = exercise_table(rows)
+    assert (table["graded"] >= 1).all() and (table["pass rate"] <= 1).all()
+    assert "## Exercises" in (tmp_path / "report" / "report.md").read_text()
