@@ -59,3 +59,17 @@ def test_compare_on_corel_says_ivf64_is_not_distinguishable_from_exact(corel_csv
     assert "mAP against the first configuration (exact), paired bootstrap over the queries:" in out
     row = next(line for line in out.splitlines() if line.startswith("index=IVF64,Flat,nprobe=8") and "[" in line)
     assert "not distinguishable" in row
+
+
+def test_thresholded_configurations_are_also_compared_on_f1_over_the_same_evaluation_queries():
+    from cbir_kit.pipeline.comparison import compare
+    from cbir_kit.report.document import difference_lines
+
+    results = compare(["threshold=static", "threshold=dynamic", "exact"], dataset="demo", progress=False)
+    ev, f1 = results[1].per_query_f1
+    assert np.array_equal(ev, results[0].per_query_f1[0]) and len(f1) == results[1].config["threshold"]["n_evaluation_queries"]
+    assert set(results[1].config["vs_first"]) == {"mAP", "f1"}
+    assert np.nanmean(f1) == pytest.approx(results[1].metrics["f1"])
+    assert set(results[2].config["vs_first"]) == {"mAP"}        # not thresholded: no F1 to pair
+    lines = difference_lines(results)
+    assert any(line.startswith("f1 against the first configuration (threshold=static)") for line in lines)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
+import numpy as np
+
 from ..errors import CbirError
 from ..evaluation.bootstrap import paired_difference
 from ..runtime import RUNTIME_OPTIONS, runtime_of
@@ -130,8 +132,12 @@ def compare(configs, dataset="demo", labels=None, **shared) -> list:
 def add_difference_from_first(first, result, seed: int = 0) -> None:
     """``result.config["vs_first"]``: its mAP minus the first configuration's, with a paired bootstrap
     interval over the queries (:func:`cbir_kit.evaluation.bootstrap.paired_difference`), when both
-    ran on the same queries (a head's hold-out may leave some out: then nothing is added)."""
+    ran on the same queries (a head's hold-out may leave some out: then nothing is added); and its
+    F1 minus the first's when both were thresholded (over the same evaluation queries)."""
     a, b = first.per_query_ap, result.per_query_ap
     if a is None or b is None or a.shape != b.shape:
         return
     result.config["vs_first"] = {"mAP": paired_difference(a, b, seed=seed)}
+    fa, fb = first.per_query_f1, result.per_query_f1
+    if fa is not None and fb is not None and np.array_equal(fa[0], fb[0]):   # thresholded, same split
+        result.config["vs_first"]["f1"] = paired_difference(fa[1], fb[1], seed=seed)

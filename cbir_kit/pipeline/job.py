@@ -38,6 +38,7 @@ class EvalResult:
     skipped: list = field(default_factory=list)  # (image, reason) of images that failed to load
     config: dict = field(default_factory=dict)
     per_query_ap: np.ndarray | None = None
+    per_query_f1: tuple | None = None     # (evaluation query rows, their F1) when a threshold was calibrated
     ranked_ids: np.ndarray | None = None  # top-k gallery ids per query, best first
     curves: dict = field(default_factory=dict)  # "over_k" / "over_threshold": metrics.precision_recall_over_*
     ds: Dataset | None = field(default=None, repr=False)  # the dataset the rankings index into (for plots)
@@ -266,10 +267,10 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
     search_s = time.perf_counter() - t0
 
     metric_values, ap, top, curves = full_ranking_metrics(index, queries, ds, k_eff, no_relevant=no_relevant)
-    method_timings, method_config = {}, {}
+    method_timings, method_config, per_query_f1 = {}, {}, None
     if methods is not None and methods.active():
         from .stages import apply_methods
-        metric_values, ap, top, method_timings, method_config = apply_methods(
+        metric_values, ap, top, method_timings, method_config, per_query_f1 = apply_methods(
             methods, queries, gallery, ds, k_eff, metric_values, extraction["extractor"], extraction["cache"], rt,
             no_relevant)
     extract_s = extraction["extract_s"]
@@ -287,5 +288,5 @@ def evaluate(dataset: str | Dataset = "demo", model: str = OFFLINE_MODEL, k: int
                                                "no_relevant": {"rule": no_relevant,
                                                                "queries": unanswerable(ds)},
                                                **held_out, **method_config},
-        per_query_ap=ap, ranked_ids=top, curves=curves, ds=ds,
+        per_query_ap=ap, per_query_f1=per_query_f1, ranked_ids=top, curves=curves, ds=ds,
     )

@@ -27,7 +27,7 @@ from ..index.hashing import HashIndex, make_hasher, shortlist_recall
 from ..method_specs import parse_method
 from ..runtime import Runtime
 from ..rerank import database_augmentation, k_reciprocal_rerank_features, query_expansion
-from ..threshold.rules import calibrate, calibration_split, retrieval_metrics
+from ..threshold.rules import calibrate, calibration_split
 
 
 @dataclass
@@ -100,8 +100,10 @@ class Run:
     queries: np.ndarray
     gallery: np.ndarray
     seed: int = 0
+    no_relevant: str = "skip"
     timings: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    per_query_f1: tuple | None = None   # (evaluation query rows, their F1) when thresholded
 
     @property
     def own(self) -> np.ndarray | None:
@@ -220,15 +222,21 @@ def threshold_stage(run: Run, ids: np.ndarray, dist: np.ndarray) -> dict:
                                "n_calibration_queries": len(cal), "n_evaluation_queries": len(ev),
                                "calibration_fraction": m.calibration_fraction,
                                "note": "precision/recall/f1 are over the evaluation queries only"}
-    return retrieval_metrics(fitted.retrieve(full[ev]), relevant[ev])
+    retrieved, relevant = fitted.retrieve(full[ev]), relevant[ev]
+    n_relevant = relevant.sum(axis=1)
+    precision, recall, f1 = M.set_scores((retrieved & relevant).sum(axis=1), retrieved.sum(axis=1), n_relevant)
+    run.per_query_f1 = (ev, f1)
+    return {name: M.query_mean(values, n_relevant, run.no_relevant)
+            for name, values in (("precision", precision), ("recall", recall), ("f1", f1))}
 
 
 def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds, k: int,
                   exact_metrics: dict, extractor=None, cache=None, runtime: Runtime | None = None,
-                  no_relevant: str = "skip") -> tuple[dict, np.ndarray, np.ndarray, dict, dict]:
+                  no_relevant: str = "skip") -> tuple[dict, np.ndarray, np.ndarray, dict, dict, tuple | None]:
     """Run the configured stages in the module docstring's order.
 
-    Returns ``(metrics, per-query AP, top-k ids, timings, config)``; ``recall@k_vs_exact`` compares
+    Returns ``(metrics, per-query AP, top-k ids, timings, config, per-query F1)`` (the last is None
+    without a threshold); ``recall@k_vs_exact`` compares
     the top k with exact search on the original features.
     """
     methods.check()
@@ -236,7 +244,7 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
         raise CbirError("the retrieval methods need label ground truth; revisitop sets are evaluated "
                         "with the exact index only")
     runtime = runtime or Runtime()
-    run = Run(methods, ds, k, queries, gallery, runtime.seed)
+    run = Run(methods, ds, k, queries, gallery, runtime.seed, no_relevant)
     _, exact_top = ExactIndex("ip").fit(gallery).search(queries, k, own_ids=run.own)
     if methods.tta:
         tta_stage(run, extractor, cache, runtime.progress)
@@ -258,4 +266,4 @@ def apply_methods(methods: Methods, queries: np.ndarray, gallery: np.ndarray, ds
     if methods.threshold:
         out.update(threshold_stage(run, ids, dist))
     run.config["exact_metrics"] = exact_metrics
-    return out, ap, ids[:, :k], run.timings, run.config
+    return out, ap, ids[:, :k], run.timings, run.config, run.per_query_f1

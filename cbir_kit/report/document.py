@@ -95,35 +95,40 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 
 def difference_table(results) -> pd.DataFrame | None:
-    """One row per configuration after the first: its mAP difference from the first, the paired
-    bootstrap interval, the verdict and the per-query wins / ties / losses (None when none has one)."""
+    """One row per configuration after the first and metric compared (mAP, and F1 when both were
+    thresholded): the difference from the first, the paired bootstrap interval, the verdict and the
+    per-query wins / ties / losses (None when there is none)."""
     rows = []
     for result, label in zip(results, result_labels(results, None)):
-        diff = result.config.get("vs_first", {}).get("mAP")
-        if diff is None:
-            continue
-        rows.append({"method": result.config.get("label", label), "mAP difference": diff["difference"],
-                     f"{100 * diff['confidence']:.0f}% interval": f"[{diff['low']:+.4f}, {diff['high']:+.4f}]",
-                     "verdict": "distinguishable" if diff["distinguishable"] else "not distinguishable",
-                     "wins / ties / losses": f"{diff['wins']} / {diff['ties']} / {diff['losses']}"})
+        for metric, diff in result.config.get("vs_first", {}).items():
+            rows.append({"method": result.config.get("label", label), "metric": metric,
+                         "difference": diff["difference"],
+                         f"{100 * diff['confidence']:.0f}% interval": f"[{diff['low']:+.4f}, {diff['high']:+.4f}]",
+                         "verdict": "distinguishable" if diff["distinguishable"] else "not distinguishable",
+                         "wins / ties / losses": f"{diff['wins']} / {diff['ties']} / {diff['losses']}"})
     return pd.DataFrame(rows).set_index("method") if rows else None
 
 
 def difference_lines(results, width: int = 100) -> list[str]:
-    """:func:`difference_table` as terminal lines that fit ``width`` columns (empty when there is none)."""
-    rows = [(r.config.get("label", ""), r.config["vs_first"]["mAP"]) for r in results[1:] if "vs_first" in r.config]
-    if not rows:
-        return []
-    name = max(13, min(width - 66, max(len(label) for label, _ in rows)))
-    lines = [f"mAP against the first configuration ({shorten(results[0].config.get('label', 'first'), 30)}), "
-             f"paired bootstrap over the queries:",
-             f"{'configuration':<{name}}  mAP diff  {'95% interval':<20}  {'verdict':<19}  wins/ties/losses"]
-    for label, d in rows:
-        verdict = "distinguishable" if d["distinguishable"] else "not distinguishable"
-        interval = f"[{d['low']:+.4f}, {d['high']:+.4f}]"
-        lines.append(f"{shorten(label, name):<{name}}  {d['difference']:+8.4f}  {interval:<20}  {verdict:<19}  "
-                     f"{d['wins']}/{d['ties']}/{d['losses']}")
-    return [line[:width] for line in lines]
+    """:func:`difference_table` as terminal lines that fit ``width`` columns, one block per metric."""
+    lines = []
+    for metric in ("mAP", "f1"):
+        rows = [(r.config.get("label", ""), r.config["vs_first"][metric]) for r in results[1:]
+                if metric in r.config.get("vs_first", {})]
+        if not rows:
+            continue
+        name = max(13, min(width - 66, max(len(label) for label, _ in rows)))
+        first = shorten(results[0].config.get("label", "first"), 30)
+        lines += ["" if lines else None, f"{metric} against the first configuration ({first}), paired bootstrap "
+                  "over the queries:",
+                  f"{'configuration':<{name}}  {metric + ' diff':>8}  {'95% interval':<20}  {'verdict':<19}  "
+                  "wins/ties/losses"]
+        for label, d in rows:
+            verdict = "distinguishable" if d["distinguishable"] else "not distinguishable"
+            interval = f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+            lines.append(f"{shorten(label, name):<{name}}  {d['difference']:+8.4f}  {interval:<20}  {verdict:<19}  "
+                         f"{d['wins']}/{d['ties']}/{d['losses']}")
+    return [line[:width] for line in lines if line is not None]
 
 
 def per_class_section(result, out: Path) -> list[str]:
@@ -215,7 +220,8 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
     differences = difference_table(results)
     if differences is not None:
         md += ["## Differences from the first configuration", "",
-               "mAP of each configuration minus the first one's, with a paired bootstrap interval over the "
+               "mAP (and F1 when both were thresholded) of each configuration minus the first one's, with a "
+               "paired bootstrap interval over the "
                "queries (the queries drawn with replacement, 10,000 times, seeded). An interval that contains 0 "
                "means the two cannot be told apart on these queries.", "", markdown_table(differences), ""]
     md += per_class_section(first, out)
