@@ -97,3 +97,22 @@ def test_an_approximate_index_that_misses_the_query_keeps_its_best_results():
     scores, ids = index.search(x, 2, own_ids=own)
     missed = ~(full_ids == own[:, None]).any(axis=1)
     assert (ids[missed] == full_ids[missed, :2]).all()
+
+
+@pytest.mark.parametrize("make", [lambda: ExactIndex("ip"), lambda: AnnIndex("Flat"), lambda: AnnIndex("IVF2,Flat"),
+                                  lambda: HashIndex(ITQHasher(8, seed=0), shortlist=47)])
+def test_every_index_orders_tied_scores_by_the_lower_gallery_id(make):
+    x = _with_duplicates()                                   # rows 0 and 40-44 are one vector, 1 and 45-46 another
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(x))
+    gallery = x[order]                                        # the copies sit at scattered ids
+    index = make().fit(gallery)
+    if isinstance(index, AnnIndex) and index.factory.startswith("IVF"):
+        index.index_.nprobe = 2                               # both lists: every item is scored
+    scores, ids = index.search(x[:2], len(gallery))
+    ref_scores, ref_ids = numpy_search(x[:2], gallery, len(gallery))
+    assert (ids == ref_ids).all()                             # the numpy reference: a stable sort by score
+    for row, score_row in zip(ids, scores):
+        for value in np.unique(score_row):
+            tied = row[score_row == value]
+            assert (np.diff(tied) > 0).all()

@@ -3,8 +3,10 @@
 Similarity is the inner product s(q, g) = q . g (the cosine similarity for L2-normalised
 features; metric ``"ip"``), or the negated squared Euclidean distance
 s(q, g) = -||q - g||^2 (metric ``"l2"``; faiss returns the distance itself).
-Both return ``(scores, ids)`` of shape (Q, k), best first.  Ties are broken by the lower
-gallery id in the numpy reference.
+Both return ``(scores, ids)`` of shape (Q, k), best first.  The tie rule of every ranking:
+equal scores are ordered by the lower gallery id first (:func:`ties_by_id`; faiss's own order of
+ties is undefined).  Which of several tied items enters a cut top k is the index's choice; with
+a full ranking (k = the gallery) there is no such choice.
 
 Leave-one-out (the queries are the gallery): every index's ``search(queries, k, own_ids=...)``
 takes the gallery id of each query itself and never returns it (:func:`without_own`, scikit-learn's
@@ -38,6 +40,17 @@ def check_k(k: int, n_gallery: int) -> int:
     if n_gallery == 0:
         raise CbirError("the gallery is empty; add images before searching")
     return min(int(k), n_gallery)
+
+
+def ties_by_id(scores: np.ndarray, ids: np.ndarray, higher_is_better: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rows re-ordered best first with equal scores by the lower gallery id (-1 = nothing, last)."""
+    scores, ids = np.asarray(scores), np.asarray(ids)
+    if ids.size == 0:
+        return scores, ids
+    primary = -scores if higher_is_better else scores
+    missing = ids < 0
+    order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, ids), primary, missing), axis=-1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def without_own(scores: np.ndarray, ids: np.ndarray, own_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -103,9 +116,8 @@ class ExactIndex:
         if queries.shape[1] != self.index_.d:
             raise CbirError(f"queries have dimension {queries.shape[1]} but the gallery has {self.index_.d}; "
                             "extract both with the same model")
-        k = check_k(k, self.ntotal)
-        scores, ids = self.index_.search(queries, k)
-        return scores, ids
+        scores, ids = self.index_.search(queries, check_k(k, self.ntotal))
+        return ties_by_id(scores, ids, higher_is_better=self.metric == "ip")
 
 
 def numpy_search(queries, gallery, k: int, metric: str = "ip", own_ids=None) -> tuple[np.ndarray, np.ndarray]:

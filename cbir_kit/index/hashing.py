@@ -37,7 +37,7 @@ import scipy.linalg
 from ..errors import CbirError
 from ..evaluation.metrics import overlap_with_exact
 from ..method_specs import parse_method
-from .exact import as_float32_matrix, check_k, search_leaving_out, without_own
+from .exact import as_float32_matrix, check_k, search_leaving_out, ties_by_id, without_own
 
 # popcount of every byte value, for the numpy reference
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
@@ -282,7 +282,7 @@ class HashIndex:
         t1 = time.perf_counter()
         _, short = self.binary_index_.search(codes, m)
         t2 = time.perf_counter()
-        out_scores, out_ids = rerank_inner_product(queries, self.gallery_, short, min(k, m))
+        out_scores, out_ids = ties_by_id(*rerank_inner_product(queries, self.gallery_, short, min(k, m)))
         t3 = time.perf_counter()
         self.shortlist_ = short
         self.timings_ = {"encode_s": t1 - t0, "hamming_s": t2 - t1, "rerank_s": t3 - t2}
