@@ -252,3 +252,13 @@ def test_per_class_section_rolls_the_matrix_up_to_superclasses_when_the_dataset_
     lines = document.per_class_section(result, tmp_path)
     assert "## Per class" in lines and any("row = superclass of the query" in line for line in lines)
     assert (tmp_path / "class_matrix.png").stat().st_size > 5_000 and (tmp_path / "per_class.png").exists()
+
+
+def test_evaluate_report_rolls_the_class_matrix_up_with_a_hierarchy_file(demo_features, tmp_path):
+    hierarchy = tmp_path / "hierarchy.csv"
+    classes = sorted(set(demo_features[2].query_labels))
+    hierarchy.write_text("fine,coarse\n" + "".join(f"{c},{'first' if i % 2 else 'second'}\n" for i, c in enumerate(classes)))
+    out = tmp_path / "rep"
+    assert main(["evaluate", "--no-progress", "--report", str(out), "--hierarchy", str(hierarchy)]) == 0
+    assert "row = superclass of the query" in (out / "report.md").read_text()
+    assert main(["evaluate", "--no-progress", "--hierarchy", str(tmp_path / "none.csv")]) == 2

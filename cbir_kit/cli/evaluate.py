@@ -13,6 +13,10 @@ from .common import add_common, runtime_from_args, write_outputs
 def run_evaluate(args) -> int:
     from ..pipeline.job import evaluate
 
+    coarse_of = None
+    if args.hierarchy:   # read first: a bad file fails before the evaluation runs
+        from ..train.run import read_hierarchy
+        coarse_of = read_hierarchy(args.hierarchy)
     result = evaluate(dataset=args.dataset, model=args.model, k=args.k, head=args.head,
                       methods=methods_from_args(args), no_relevant=args.no_relevant,
                       runtime=runtime_from_args(args))
@@ -23,7 +27,7 @@ def run_evaluate(args) -> int:
             f"{name} {exact[name]:.4f}" for name in ("mAP", "P@1", "P@10", "R@10") if name in exact))
     from ..report.document import write_report
 
-    write_outputs(args, result.to_dict(), lambda: write_report(result, args.report))
+    write_outputs(args, result.to_dict(), lambda: write_report(result, args.report, coarse_of=coarse_of))
     return 0
 
 
@@ -35,6 +39,8 @@ def add_evaluate(sub) -> None:
     p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")
     p.add_argument("--head", default=None, metavar="PATH",
                    help="a head from `cbir train`: applied to the frozen features; its training images are left out")
+    p.add_argument("--hierarchy", default=None, metavar="CSV",
+                   help="fine,coarse class hierarchy: --report rolls the top-k class matrix up to the coarse classes")
     p.add_argument("--no-relevant", default="skip", choices=["skip", "zero"],
                    help="queries with no relevant gallery item: left out of every metric (skip, default) or "
                         "counted as 0 in every one (zero, trec_eval's rule)")

@@ -131,10 +131,11 @@ def difference_lines(results, width: int = 100) -> list[str]:
     return [line[:width] for line in lines if line is not None]
 
 
-def per_class_section(result, out: Path) -> list[str]:
+def per_class_section(result, out: Path, coarse_of: Mapping | None = None) -> list[str]:
     """``report.md`` lines for one result: mAP per query class (table and bar plot) and the
-    class-to-class matrix of the top k, rolled up to superclasses when the dataset has them
-    (``ds.info["coarse_of"]``, e.g. CIFAR-100); the plots are written into ``out``."""
+    class-to-class matrix of the top k, rolled up to superclasses when a hierarchy is known
+    (``coarse_of``: fine -> coarse, e.g. a ``--hierarchy`` file, else the dataset's own, as
+    CIFAR-100's ``ds.info["coarse_of"]``); the plots are written into ``out``."""
     from . import plots
 
     ds = result.ds
@@ -145,7 +146,7 @@ def per_class_section(result, out: Path) -> list[str]:
     frame = pd.DataFrame({"queries": [str(per_class[c][0]) for c in classes], "mAP": [per_class[c][1] for c in classes]},
                          index=pd.Index(classes, name="class")).sort_values("mAP")
     save_figure(plots.plot_per_class(list(frame.index), frame["mAP"].to_numpy(), "AP"), out / "per_class.png")
-    coarse_of = ds.info.get("coarse_of")
+    coarse_of = coarse_of or ds.info.get("coarse_of")
     query_labels, gallery_labels, what = ds.query_labels, ds.gallery_labels, "class"
     if coarse_of:
         query_labels = np.array([coarse_of.get(str(c), str(c)) for c in query_labels])
@@ -187,7 +188,8 @@ def _ann_or_hash_rows(results, table: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def write_report(results, out_dir, labels: Sequence[str] | None = None, threshold_curves: Mapping | None = None,
-                 grid_k: int = 5, n_best: int = 3, n_worst: int = 3, title: str | None = None) -> Path:
+                 grid_k: int = 5, n_best: int = 3, n_worst: int = 3, title: str | None = None,
+                 coarse_of: Mapping | None = None) -> Path:
     """Write ``out_dir/report.md`` and its PNG plots; returns the Markdown file's path.
 
     ``results``: one :class:`~cbir_kit.pipeline.job.EvalResult` or several (methods on one
@@ -224,7 +226,7 @@ def write_report(results, out_dir, labels: Sequence[str] | None = None, threshol
                "paired bootstrap interval over the "
                "queries (the queries drawn with replacement, 10,000 times, seeded). An interval that contains 0 "
                "means the two cannot be told apart on these queries.", "", markdown_table(differences), ""]
-    md += per_class_section(first, out)
+    md += per_class_section(first, out, coarse_of)
     figures = [("pr_curve.png", "Precision-recall over k", lambda: plots.plot_pr_curve(results, names))]
     figures.append(("methods.png", "mAP and query latency (expansion + search + re-ranking) per method",
                     lambda: plots.plot_methods(table)))
