@@ -15,7 +15,7 @@ def run_evaluate(args) -> int:
 
     coarse_of = None
     if args.hierarchy:   # read first: a bad file fails before the evaluation runs
-        from ..train.run import read_hierarchy
+        from ..datasets.manifest import read_hierarchy
         coarse_of = read_hierarchy(args.hierarchy)
     result = evaluate(dataset=args.dataset, model=args.model, k=args.k, head=args.head,
                       methods=methods_from_args(args), no_relevant=args.no_relevant,

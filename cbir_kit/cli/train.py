@@ -15,7 +15,8 @@ def _report(result, json_path, write_result_json) -> int:
 
 def run_train(args) -> int:
     from ..train.fit import HeadConfig
-    from ..train.run import read_hierarchy, train, write_result_json
+    from ..datasets.manifest import read_hierarchy
+    from ..train.run import train, write_result_json
 
     config = HeadConfig(kind=args.head_kind, loss=args.loss, out_dim=args.dim, dropout=args.dropout,
                         n_bits=args.bits, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,

@@ -145,24 +145,6 @@ def metric_columns(frozen: dict, trained: dict, name: str) -> list[str]:
     return ["", f"metric        frozen    {name}"] + [f"{m:<13} {frozen[m]:.4f}    {trained[m]:.4f}" for m in frozen]
 
 
-def read_hierarchy(path) -> dict:
-    """A ``fine,coarse`` CSV (header optional) as a dict fine -> coarse."""
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise CbirError(f"path={str(path)!r} does not exist; give a class hierarchy CSV with rows fine,coarse")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.reader(f) if r]
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["fine", "coarse"]:
-        rows = rows[1:]
-    bad = [i for i, r in enumerate(rows, 1) if len(r) < 2]
-    if bad or not rows:
-        raise CbirError(f"path={str(path)!r}: every row of a class hierarchy CSV must be fine,coarse "
-                        f"(row {bad[0] if bad else 1})")
-    return {r[0].strip(): r[1].strip() for r in rows}
-
-
 def save_curve(path, history: dict, best_epoch: int, title: str) -> Path:
     """Loss and validation mAP (and shortlist recall@10, when measured) per epoch as a PNG, written atomically."""
     import matplotlib.pyplot as plt
