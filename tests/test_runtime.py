@@ -44,6 +44,7 @@ def test_the_command_names_its_flags_but_leaves_what_the_user_typed(capsys):
     names = option_names(build_parser()._subparsers._group_actions[0].choices["evaluate"])
     assert as_flags("num_workers=0 must be at least 1; point cache_dir= elsewhere", names) == \
         "--workers 0 must be at least 1; point --cache elsewhere"
+    assert as_flags("hierarchy='/x.csv' does not exist", names) == "--hierarchy '/x.csv' does not exist"
 
 
 def test_train_refuses_a_second_seed():

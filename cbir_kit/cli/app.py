@@ -62,13 +62,16 @@ def as_flags(message: str, names: dict[str, str]) -> str:
     The library speaks in its functions' parameter names, only the command in flags (DESIGN.md).
     Quoted text (what the user typed, a path) is left as it is.
     """
-    def translate(text: str) -> str:
-        for name, option in sorted(names.items(), key=lambda item: -len(item[0])):
-            text = re.sub(rf"(?<![\w.=/-]){re.escape(name)}=(?=([^\s,;.)]?))",
-                          lambda m: option + (" " if m.group(1) else ""), text)
-        return text
+    quoted = [m.span() for m in QUOTED.finditer(message)]
+    pattern = re.compile(r"(?<![\w.=/-])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+                         + r")=(?=([^\s,;.)]?))")
 
-    return "".join(part if QUOTED.fullmatch(part) else translate(part) for part in QUOTED.split(message))
+    def flag(m: re.Match) -> str:
+        if any(a <= m.start() < b for a, b in quoted):
+            return m.group(0)
+        return names[m.group(1)] + (" " if m.group(2) else "")
+
+    return pattern.sub(flag, message) if names else message
 
 
 def one_line_warnings(command: str, names: dict[str, str]):

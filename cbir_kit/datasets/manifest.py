@@ -220,17 +220,17 @@ def load_folder(path: str | os.PathLike, name: str | None = None) -> Dataset:
                    class_names=[d.name for d in classes], info={"folder": str(path)})
 
 
-def read_hierarchy(path) -> dict:
+def read_hierarchy(hierarchy) -> dict:
     """A ``fine,coarse`` CSV (header optional) as a dict fine -> coarse."""
-    path = Path(path)
+    path = Path(hierarchy)
     if not path.is_file():
-        raise DatasetError(f"path={str(path)!r} does not exist; give a class hierarchy CSV with rows fine,coarse")
+        raise DatasetError(f"hierarchy={str(path)!r} does not exist; give a class hierarchy CSV with rows fine,coarse")
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = [r for r in csv.reader(f) if r]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["fine", "coarse"]:
         rows = rows[1:]
     bad = [i for i, r in enumerate(rows, 1) if len(r) < 2]
     if bad or not rows:
-        raise DatasetError(f"path={str(path)!r}: every row of a class hierarchy CSV must be fine,coarse "
+        raise DatasetError(f"hierarchy={str(path)!r}: every row of a class hierarchy CSV must be fine,coarse "
                         f"(row {bad[0] if bad else 1})")
     return {r[0].strip(): r[1].strip() for r in rows}
