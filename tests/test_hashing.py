@@ -50,6 +50,7 @@ def test_faiss_hamming_equals_numpy_popcount(data):
     d_faiss, i_faiss = hamming_search_faiss(qc, gc, 50)
     d_np, i_np = hamming_search_numpy(qc, gc, 50)
     np.testing.assert_array_equal(d_faiss, d_np)
+    np.testing.assert_array_equal(i_faiss, i_np)          # the tie rule, at the cut too: lower ids first
     full = hamming_distances(qc, gc)
     np.testing.assert_array_equal(np.take_along_axis(full, i_faiss, axis=1), d_faiss)
     # independent bit-level count on the unpacked codes
@@ -99,6 +100,20 @@ def test_default_shortlist_is_2k_and_recall_grows_with_m(data):
         index.search(q, 10)
         recalls.append(shortlist_recall(index.shortlist_, exact_ids))
     assert recalls == sorted(recalls)
+
+
+@pytest.mark.parametrize("m", [7, 20, 33])
+def test_the_shortlist_is_the_first_m_codes_of_a_stable_sort_by_hamming_distance(data, m):
+    """Codes tied at the m-th distance enter by the lower id; the top k is then the stable re-rank of those m."""
+    q, g = data
+    index = HashIndex(ITQHasher(8, seed=0), shortlist=m).fit(g)     # 8 bits over 600 codes: ties everywhere
+    scores, ids = index.search(q, 5)
+    dist = hamming_distances(index.hasher.transform(q), index.codes_)
+    expected = np.argsort(dist, axis=1, kind="stable")[:, :m]
+    assert (np.take_along_axis(dist, expected, 1)[:, -1:] == dist).sum(axis=1).min() > 1   # a tie at every cut
+    np.testing.assert_array_equal(index.shortlist_, expected)
+    ip = np.take_along_axis(q @ g.T, expected, 1)
+    np.testing.assert_array_equal(ids, np.take_along_axis(expected, np.argsort(-ip, axis=1, kind="stable"), 1)[:, :5])
 
 
 def test_bad_specs():

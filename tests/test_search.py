@@ -116,3 +116,20 @@ def test_every_index_orders_tied_scores_by_the_lower_gallery_id(make):
         for value in np.unique(score_row):
             tied = row[score_row == value]
             assert (np.diff(tied) > 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 41, 47])
+@pytest.mark.parametrize("make", [lambda: ExactIndex("ip"), lambda: AnnIndex("Flat"), lambda: ExactIndex("l2")])
+def test_a_cut_through_tied_scores_keeps_the_lower_ids(make, k):
+    """The exact top k is the first k of numpy's stable full ranking, also when tied copies straddle the cut.
+
+    Query 0 has six identical gallery rows, all scoring the maximum: k = 1, 2 and 5 cut through that tie."""
+    x = _with_duplicates()
+    gallery = x[np.random.default_rng(2).permutation(len(x))]
+    index = make().fit(gallery)
+    queries = x[:2]
+    scores, ids = index.search(queries, k)
+    ref_scores, ref_ids = numpy_search(queries, gallery, len(gallery), metric=getattr(index, "metric", "ip"))
+    assert (ref_scores[0, :6] == ref_scores[0, 0]).all() and ref_scores[0, 6] != ref_scores[0, 0]
+    np.testing.assert_array_equal(ids, ref_ids[:, :k])
+    np.testing.assert_allclose(scores[:, -1], ref_scores[:, k - 1], atol=1e-5)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import CbirError
 from ..evaluation.metrics import overlap_with_exact
-from .exact import ExactIndex, as_float32_matrix, check_k, search_leaving_out, ties_by_id
+from .exact import ExactIndex, as_float32_matrix, search_leaving_out, search_ties_at_cut
 
 
 class AnnIndex:
@@ -140,7 +140,7 @@ class AnnIndex:
         if queries.shape[1] != self.index_.d:
             raise CbirError(f"queries have dimension {queries.shape[1]} but the gallery has {self.index_.d}; "
                             "extract both with the same model")
-        return ties_by_id(*self.index_.search(queries, check_k(k, self.ntotal)))
+        return search_ties_at_cut(self.index_.search, queries, k, self.ntotal)
 
 
 def recall_vs_exact(ann_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:

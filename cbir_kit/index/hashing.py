@@ -19,7 +19,9 @@ of differing bits, popcount(a XOR b), summed over the bytes.
 
 ``HashIndex`` shortlists the ``m`` gallery codes nearest to the query's code (faiss
 ``IndexBinaryFlat``), re-ranks those ``m`` by the float inner product, and returns the top
-k.  ``m`` defaults to 2k.  The shortlist's quality is
+k.  ``m`` defaults to 2k.  Codes that tie at the m-th Hamming distance enter the shortlist by the
+lower gallery id (the tie rule of :mod:`cbir_kit.index.exact`), so the shortlist is the first m of
+``numpy.argsort(hamming, kind="stable")`` and the same command prints the same numbers anywhere.  The shortlist's quality is
 
     shortlist recall@k = (1 / Q) * sum_q |shortlist_m(q) ∩ Exact_k(q)| / k,
 
@@ -37,7 +39,7 @@ import scipy.linalg
 from ..errors import CbirError
 from ..evaluation.metrics import overlap_with_exact
 from ..method_specs import parse_method
-from .exact import as_float32_matrix, check_k, search_leaving_out, ties_by_id, without_own
+from .exact import as_float32_matrix, check_k, search_leaving_out, search_ties_at_cut, ties_by_id, without_own
 
 # popcount of every byte value, for the numpy reference
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int32)
@@ -187,14 +189,14 @@ def hamming_search_numpy(query_codes, gallery_codes, k: int) -> tuple[np.ndarray
 
 
 def hamming_search_faiss(query_codes, gallery_codes, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """k-nearest codes with faiss ``IndexBinaryFlat``: ``(distances int32, ids)``."""
+    """k-nearest codes with faiss ``IndexBinaryFlat``: ``(distances int32, ids)``, ties by the lower id."""
     g = _check_codes(gallery_codes, "gallery codes")
     q = _check_codes(query_codes, "query codes")
     if q.shape[1] != g.shape[1]:
         raise CbirError(f"query codes have {8 * q.shape[1]} bits but gallery codes {8 * g.shape[1]}")
     index = faiss.IndexBinaryFlat(8 * g.shape[1])
     index.add(g)
-    return index.search(q, check_k(k, len(g)))
+    return search_ties_at_cut(index.search, q, k, len(g), higher_is_better=False)
 
 
 def shortlist_recall(shortlist_ids: np.ndarray, exact_ids: np.ndarray) -> float:
@@ -280,9 +282,11 @@ class HashIndex:
         t0 = time.perf_counter()
         codes = self.hasher.transform(queries)
         t1 = time.perf_counter()
-        _, short = self.binary_index_.search(codes, m)
+        _, short = search_ties_at_cut(self.binary_index_.search, codes, m, self.ntotal, higher_is_better=False)
         t2 = time.perf_counter()
-        out_scores, out_ids = ties_by_id(*rerank_inner_product(queries, self.gallery_, short, min(k, m)))
+        # the whole shortlist re-ranked, so that a cut through tied inner products keeps the lower ids
+        out_scores, out_ids = ties_by_id(*rerank_inner_product(queries, self.gallery_, short, m))
+        out_scores, out_ids = out_scores[:, :min(k, m)], out_ids[:, :min(k, m)]
         t3 = time.perf_counter()
         self.shortlist_ = short
         self.timings_ = {"encode_s": t1 - t0, "hamming_s": t2 - t1, "rerank_s": t3 - t2}
