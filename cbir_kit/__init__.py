@@ -23,6 +23,7 @@ _EXPORTS = {
     "EvalResult": "cbir_kit.pipeline.job",
     "evaluate": "cbir_kit.pipeline.job",
     "compare": "cbir_kit.pipeline.comparison",
+    "Collection": "cbir_kit.collection.collection",
 }
 __all__ = sorted(_EXPORTS)
 

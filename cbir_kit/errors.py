@@ -18,3 +18,7 @@ class CbirWarning(UserWarning):
     For example a k larger than the gallery (clamped), a class of a single image (it cannot be
     scored), a symbolic link loop in a dataset folder (dropped).  ``cbir`` prints each as one line.
     """
+
+
+class CollectionError(CbirError):
+    """A collection folder is missing, not a collection, or does not match its manifest (the file is named)."""

@@ -26,6 +26,7 @@ LAYERS = [
     {"index"},                           # (3) vectors -> ranked lists
     {"rerank"}, {"threshold"},           # (4), (5)
     {"bench"}, {"pipeline"},             # timings; evaluate() walks the path once
+    {"collection"},                      # a gallery indexed once, searched by image or text
     {"train"}, {"grade"},                # side branches
     {"report"},                          # (7)
     {"cli"},                             # the `cbir` command
@@ -131,7 +132,7 @@ def test_only_the_cli_imports_argparse():
 
 
 def test_every_module_names_its_stage_and_notebook_in_its_first_line():
-    words = ("Ground floor", "Stage ", "The pipeline", "Side branch", "Instructor side", "The ``cbir")
+    words = ("Ground floor", "Stage ", "The pipeline", "Side branch", "Instructor side", "The ``cbir", "Collections")
     bad = []
     for name, path in MODULES.items():
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""

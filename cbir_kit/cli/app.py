@@ -17,6 +17,7 @@ import warnings
 
 from ..errors import CbirError, CbirWarning
 from .bench import add_bench
+from .collection import add_index, add_search
 from .compare import add_compare
 from .datasets import add_datasets
 from .evaluate import add_evaluate
@@ -24,7 +25,8 @@ from .grade import add_grade
 from .train import add_finetune, add_train
 
 
-COMMANDS = [add_evaluate, add_compare, add_datasets, add_train, add_finetune, add_bench, add_grade]
+COMMANDS = [add_evaluate, add_compare, add_index, add_search, add_datasets, add_train, add_finetune, add_bench,
+            add_grade]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -63,6 +63,7 @@ from .models import Backbone
 from .specs import check_spec, parse_model, preprocess_id
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RANDOM_INIT_SEED = 0
 
 # Images per forward pass (per stream).  EfficientNet-Lite0, oneDNN-frozen, one thread, CPU
 # ms per image: batch 1: 16.0, 4: 12.4, 8: 12.7, 16: 12.7, 32: 12.5, 64: 15.2 (activations
@@ -76,10 +77,19 @@ def default_batch_size(spec: str) -> int:
 
 
 def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
-    """Build the backbone of any model spec (:mod:`.specs`): named, CLIP or fine-tuned."""
-    if check_spec(spec).kind == "finetuned":
+    """Build the backbone of any model spec (:mod:`.specs`): named, CLIP or fine-tuned.
+
+    Random initialisations (``pretrained=False``, ``clip:ARCH:none``) are drawn from torch's
+    generator seeded with :data:`RANDOM_INIT_SEED`, without touching the caller's random state:
+    the same spec is the same network in every process, so features cached by one process and
+    a text query embedded by another share one embedding space.
+    """
+    parsed = check_spec(spec)
+    if parsed.kind == "finetuned":
         return build_finetuned(spec)
-    return models.build_backbone(spec, pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return models.build_backbone(spec, pretrained)
 
 
 _MALLOC_TUNED = False

@@ -91,7 +91,7 @@ class AnnIndex:
                 raise CbirError(f"training index={self.factory!r} on {len(gallery)} gallery vectors failed: "
                                 f"{str(err).strip()}; use a smaller index (fewer lists or codes)") from err
         self.index_ = index
-        self._apply_search_params()
+        self.apply_search_params()
         return self
 
     def add(self, gallery) -> "AnnIndex":
@@ -107,7 +107,7 @@ class AnnIndex:
         gallery = as_float32_matrix(gallery, "gallery")
         return self.train(gallery).add(gallery)
 
-    def _apply_search_params(self) -> None:
+    def apply_search_params(self) -> None:
         space = faiss.ParameterSpace()
         for name, value, param in (("nprobe", self.nprobe, "nprobe"), ("efSearch", self.ef_search, "ef_search")):
             if value is None:

@@ -22,8 +22,9 @@ import numpy as np
 from ..evaluation import metrics as M
 from ..errors import CbirError
 from ..index.exact import ExactIndex, without_own
-from ..index.ann import AnnIndex, recall_vs_exact
-from ..index.hashing import HashIndex, make_hasher, shortlist_recall
+from ..index.ann import recall_vs_exact
+from ..index.hashing import shortlist_recall
+from ..index.persist import IndexSpec
 from ..method_specs import parse_method
 from ..runtime import Runtime
 from ..rerank import database_augmentation, k_reciprocal_rerank_features, query_expansion
@@ -50,12 +51,14 @@ class Methods:
     def active(self) -> bool:
         return self != Methods()
 
+    def index_spec(self) -> IndexSpec:
+        """The candidate index these methods name (checked on creation)."""
+        return IndexSpec(self.index, nprobe=self.nprobe, ef_search=self.ef_search, hash=self.hash,
+                         shortlist=self.shortlist)
+
     def check(self) -> None:
         """Clear errors for combinations that make no sense, before any work is done."""
-        if self.hash and self.index != "Flat":
-            raise CbirError("hash= builds its own index (hash shortlist + float re-rank); leave index= at 'Flat'")
-        if self.shortlist is not None and not self.hash:
-            raise CbirError("shortlist= needs hash= (e.g. hash='itq:64', shortlist=200)")
+        self.index_spec()
         if self.rerank not in (None, "kreciprocal"):
             raise CbirError(f"rerank={self.rerank!r}: the only re-ranking is 'kreciprocal'")
         if self.rerank and (self.hash or self.index != "Flat"):
@@ -65,7 +68,7 @@ class Methods:
             raise CbirError(f"threshold={self.threshold!r} must be 'static' or 'dynamic'")
         if self.tta_gallery and not self.tta:
             raise CbirError("tta_gallery= needs tta= ('flip', 'ms' or 'flip+ms')")
-        for option in ("hash", "qe", "tta"):
+        for option in ("qe", "tta"):
             if getattr(self, option):
                 parse_method(option, getattr(self, option))
 
@@ -148,13 +151,12 @@ def index_stage(run: Run):
     """
     m, loo = run.methods, int(run.ds.leave_one_out)
     t0 = time.perf_counter()
+    index = m.index_spec().build(run.gallery, seed=run.seed)
     if m.hash:
-        index = HashIndex(make_hasher(m.hash, seed=run.seed), shortlist=m.shortlist).fit(run.gallery)
         shortlist = index.shortlist_size(run.k + loo)
         depth = shortlist - loo
         run.config["hash"] = {"codes": m.hash, "shortlist": shortlist, "default_shortlist": m.shortlist is None}
     else:
-        index = AnnIndex(m.index, nprobe=m.nprobe, ef_search=m.ef_search).fit(run.gallery)
         depth = len(run.gallery) - loo
     run.timings["index_build_s"] = time.perf_counter() - t0
     run.config["index"] = f"hash:{m.hash}" if m.hash else m.index

@@ -14,6 +14,7 @@ report (:mod:`cbir_kit.report.document`) saves these same figures as PNG files.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt  # the backend is the caller's: inline in notebooks, Agg when headless
@@ -25,6 +26,7 @@ from ..errors import CbirError
 from ..datasets.images import ImageLoadError, open_image
 
 RELEVANT, NOT_RELEVANT, JUNK, QUERY = "#1a9641", "#d7191c", "#999999", "#2b83ba"
+NOT_SCORED = "#dddddd"   # a search result without ground truth
 MARKERS = ("o", "s", "^", "D", "v")
 
 # table columns (cbir_kit.report.document.summary_table) in words, with their units
@@ -210,7 +212,7 @@ def _show(ax, ref, colour: str, title: str, size: int) -> None:
     for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(5)
-    ax.set_title(title, fontsize=9, color=colour if colour != QUERY else "black")
+    ax.set_title(title, fontsize=9, color="black" if colour in (QUERY, NOT_SCORED) else colour)
 
 
 def relevance_colours(result, query: int, ids: np.ndarray) -> list[str]:
@@ -286,4 +288,37 @@ def plot_class_matrix(classes, matrix, k: int, what: str = "class") -> Figure:
     ax.set(xlabel=f"{what} of a top-{k} result", ylabel=f"{what} of the query",
            title=f"Who fills the top {k}: share of each query {what}'s results")
     fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def plot_search_grid(results, queries: Sequence | None = None, k: int | None = None, thumb: int = 160) -> Figure:
+    """Each query (image or text) and its results as thumbnails titled with rank, similarity and label.
+
+    ``results``: the :class:`~cbir_kit.collection.QueryResult` list of ``Collection.search``;
+    ``queries``: the query images to draw (default: each result's query when it is an image file,
+    else its text).  ``k`` caps the results drawn per query (default: all, at most 10).
+    """
+    results = list(results)
+    if not results:
+        raise CbirError("plot_search_grid needs at least one query result")
+    k = k or min(10, max(1, max(len(r.results) for r in results)))
+    fig, axes = plt.subplots(len(results), k + 1, figsize=(1.75 * (k + 1), 2.0 * len(results) + 0.3),
+                             squeeze=False, layout="constrained")
+    for row, r in enumerate(results):
+        ref = queries[row] if queries is not None else r.query
+        query_ax = axes[row, 0]
+        if isinstance(ref, str) and not Path(ref).is_file():          # a text query (or a missing file)
+            query_ax.text(0.5, 0.5, shorten(ref, 60), ha="center", va="center", wrap=True, fontsize=9)
+            query_ax.set_xticks([])
+            query_ax.set_yticks([])
+            query_ax.set_title("query" + (" (failed)" if r.error else ""), fontsize=9)
+        else:
+            _show(query_ax, ref, QUERY, "query" + (" (failed)" if r.error else ""), thumb)
+        for col in range(1, k + 1):
+            if col > len(r.results):
+                axes[row, col].axis("off")
+                continue
+            hit = r.results[col - 1]
+            label = f"\n{shorten(hit.label, 16)}" if hit.label else ""
+            _show(axes[row, col], hit.path, NOT_SCORED, f"{hit.rank}. {hit.score:.2f}{label}", thumb)
     return fig
