@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # library parameter -> the flag's argparse dest, where the two names differ
-PARAMETER_DESTS = {"num_workers": "workers", "cache_dir": "cache"}
+PARAMETER_DESTS = {"num_workers": "workers", "cache_dir": "cache", "overwrite": "force"}
 
 
 def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -62,16 +62,18 @@ def as_flags(message: str, names: dict[str, str]) -> str:
     """A library message in the command's words: each ``param=`` becomes ``--option``.
 
     The library speaks in its functions' parameter names, only the command in flags (DESIGN.md).
-    Quoted text (what the user typed, a path) is left as it is.
+    ``name=True`` becomes the on/off flag alone.  Quoted text (what the user typed, a path) is left as it is.
     """
     quoted = [m.span() for m in QUOTED.finditer(message)]
     pattern = re.compile(r"(?<![\w.=/-])(" + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-                         + r")=(?=([^\s,;.)]?))")
+                         + r")=(True\b)?(?=([^\s,;.)]?))")
 
     def flag(m: re.Match) -> str:
         if any(a <= m.start() < b for a, b in quoted):
             return m.group(0)
-        return names[m.group(1)] + (" " if m.group(2) else "")
+        if m.group(2):                                   # name=True is an on/off flag: just the flag
+            return names[m.group(1)]
+        return names[m.group(1)] + (" " if m.group(3) else "")
 
     return pattern.sub(flag, message) if names else message
 

@@ -93,9 +93,9 @@ def run_search(args) -> int:
     from .._io import write_json
     from ..collection import Collection
 
-    if not args.images and args.text is None:
+    if bool(args.images) == (args.text is not None):
         from ..errors import CbirError
-        raise CbirError("give query images (files or folders) or --text \"...\"")
+        raise CbirError("give query images (files or folders) or --text \"...\", not both")
     c = Collection.open(args.collection, mmap=args.mmap, runtime=runtime_from_args(args))
     if args.text is not None:
         results = c.search(text=args.text, k=args.k, threshold=args.threshold)
@@ -153,7 +153,8 @@ def add_search(sub) -> None:
     p = sub.add_parser("search", help="search a collection with images or a text (CLIP models)")
     p.add_argument("collection", metavar="DIR", help="a collection from `cbir index build`")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files or folders")
-    p.add_argument("--text", default=None, help='a text query, e.g. "a red bus" (collections of CLIP models)')
+    p.add_argument("--text", default=None, action="append",
+                   help='a text query, e.g. "a red bus" (collections of CLIP models); repeat for several')
     p.add_argument("--k", type=int, default=10, help="results per query (default: 10)")
     p.add_argument("--threshold", default=None, metavar="FILE",
                    help="a threshold from `cbir evaluate --save-threshold`: every image within it instead of --k")

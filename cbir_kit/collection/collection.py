@@ -338,7 +338,9 @@ class Collection:
         """Write the next generation: this one's items, then the new ones (call under the write lock)."""
         generation = self.folder / self.manifest["generation"]
         all_vectors = np.concatenate([np.asarray(self.vectors), vectors]).astype(np.float32)
-        add_to_index(self.index, vectors, all_vectors)
+        # a memory-mapped faiss index is read-only (adding to it aborts the process): add to a read copy
+        index = read_index(generation, IndexSpec(**self.manifest["index"]), self.vectors) if self.mmap else self.index
+        add_to_index(index, vectors, all_vectors)
         codes, names = label_codes([label] * len(files), self.manifest["label_names"])
         paths = list(self.paths) + [str(Path(f).resolve()) for f in files]
         manifest = {**self.manifest, "n": len(all_vectors), "label_names": names,
@@ -353,7 +355,7 @@ class Collection:
             np.save(folder / VECTORS, all_vectors)
             write_items(folder, paths, np.concatenate([np.asarray(self.labels), codes]),
                         read_fingerprints(generation) + prints)
-            write_index(self.index, folder)
+            write_index(index, folder)
 
         store.publish(self.folder, write, manifest, self.manifest)
 
@@ -367,7 +369,7 @@ def _existing(out: Path, overwrite: bool) -> dict | None:
     if (out / store.MANIFEST).is_file():
         if not overwrite:
             raise CbirError(f"{out} already holds a collection; pass overwrite=True to replace it, or add images "
-                            "to it with add()")
+                            "to it (Collection.add, `cbir index add`)")
         return store.read_manifest(out)
     leftovers = {store.LOCK}
     others = [p.name for p in out.iterdir() if p.name not in leftovers and not p.name.startswith(store.TMP_PREFIX)]

@@ -15,7 +15,9 @@ Each entry builds a :class:`Backbone`: a module mapping a batch of preprocessed 
 """
 from __future__ import annotations
 
+import logging
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -175,6 +177,20 @@ def open_clip_pretrained_cfg(arch: str, tag: str) -> dict:
     return open_clip.get_pretrained_cfg(arch, tag) or {}
 
 
+@contextmanager
+def _quiet_random_init_notice(asked_for: bool):
+    """Drop open_clip's root-logger warning "Model initialized randomly" when random weights were asked for."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not (asked_for and "initialized randomly" in record.getMessage())
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
 def build_clip(arch: str, pretrained: str) -> Backbone:
     import open_clip
 
@@ -187,7 +203,8 @@ def build_clip(arch: str, pretrained: str) -> Backbone:
     if tag is not None and not _clip_weights_cached(arch, tag) and not _host_reachable("huggingface.co"):
         raise _offline_hint(f"clip:{arch}:{tag}", ConnectionError("huggingface.co is unreachable (no network)"))
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
+        with _quiet_random_init_notice(tag is None):
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag)
     except Exception as err:  # hub download failures surface as several exception types
         if tag is None:
             raise

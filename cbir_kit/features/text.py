@@ -27,9 +27,9 @@ EXAMPLE_CLIP = "clip:ViT-B-32:laion2b_s34b_b79k"
 def check_text_model(spec: str) -> None:
     """Raise a clear error unless ``spec`` is a CLIP model (the only ones with a text tower)."""
     if parse_model(spec).kind != "clip":
-        raise CbirError(f"text search needs a CLIP model, and {spec!r} embeds images only; build the collection "
-                        f"with a CLIP model, e.g. model={EXAMPLE_CLIP!r} (or 'clip:ViT-B-32:none', random "
-                        "weights, offline)")
+        raise CbirError(f"text search needs a CLIP model, and {spec!r} embeds images only; build a collection "
+                        f"with a CLIP model, such as {EXAMPLE_CLIP!r} (or 'clip:ViT-B-32:none', random weights, "
+                        "offline)")
 
 
 def text_identity(spec: str) -> dict:
