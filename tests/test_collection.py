@@ -6,6 +6,7 @@ open_clip's ViT-B-32 (random weights, offline) for text, real faiss indexes writ
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import re
 import shutil
@@ -365,3 +366,35 @@ def test_collection_errors_name_the_fix(tmp_path):
         c.search()
     with pytest.raises(CbirError, match="does not exist; give image files or folders"):
         c.add([tmp_path / "missing.jpg"])
+
+
+def test_the_notebook_explorer_searches_an_uploaded_photo_and_a_text(clip_collection):
+    import ipywidgets as W
+
+    from cbir_kit.report.explorer import CollectionExplorer
+
+    c = Collection.open(clip_collection)
+    photo = Path(c.paths[5]).read_bytes()
+    explorer = CollectionExplorer(c, k=4)
+    results, png = explorer.search_upload([{"name": "mine.png", "content": memoryview(photo)},
+                                           {"name": "notes.txt", "content": b"hello"}])
+    assert [r.query for r in results] == ["mine.png", "notes.txt"]
+    assert results[0].results[0].id == 5 and results[0].results[0].score == pytest.approx(1.0, abs=1e-4)
+    assert results[1].error.startswith("notes.txt: not an image") and png.startswith(b"\x89PNG")
+    panel = explorer.widget()
+    upload, text, k = panel.children[0].children
+    assert isinstance(upload, W.FileUpload) and not text.disabled
+    upload.value = ({"name": "mine.png", "type": "image/png", "size": len(photo), "content": memoryview(photo),
+                     "last_modified": datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)},)
+    assert panel.png.startswith(b"\x89PNG") and panel.summary == "mine.png: top 4"
+    assert panel.children[1].outputs[0]["data"]["text/plain"] == "mine.png: top 4"
+    text.value = "a red bus"
+    assert panel.summary == "'a red bus': top 4"
+
+
+def test_the_explorer_offers_no_text_box_for_an_image_only_collection(tmp_path):
+    from cbir_kit.report.explorer import CollectionExplorer
+
+    c = Collection.from_vectors(np.eye(3, dtype=np.float32), ["a", "b", "c"], tmp_path / "c", model="resnet18")
+    _, text, _ = CollectionExplorer(c).widget().children[0].children
+    assert text.disabled and "needs a CLIP collection" in text.placeholder

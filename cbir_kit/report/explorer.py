@@ -12,6 +12,9 @@ irrelevant one, grey a revisitop "junk" image; each tile shows its rank and scor
 title gives precision = hits / retrieved and recall = hits / R for the retrieved set.
 With ``distance=True`` the methods return distances instead (lower = more similar, ranked
 ascending) and a threshold retrieves every result with distance < threshold.
+
+:class:`CollectionExplorer` searches a saved collection (:mod:`cbir_kit.collection`) with a
+photo uploaded in the notebook (an ipywidgets ``FileUpload``) or, for CLIP collections, a text.
 """
 from __future__ import annotations
 
@@ -150,15 +153,9 @@ class Explorer:
     def grid(self, qi: int = 0, method: str | None = None, k: int | None = None,
              threshold: float | None = None) -> tuple[bytes, str]:
         """The result grid of :meth:`draw` as ``(PNG bytes, its title)``; the figure is closed."""
-        import matplotlib.pyplot as plt
 
         fig = self.draw(qi, method, k=k, threshold=threshold)
-        try:
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
-            return buf.getvalue(), fig.get_suptitle()
-        finally:
-            plt.close(fig)
+        return _png(fig), fig.get_suptitle()
 
     def widget(self):
         """The control panel (an :class:`ExplorerPanel`): query, method, top-k or threshold, and the grid.
@@ -192,15 +189,101 @@ class Explorer:
             thr.layout.display = None if mode.value == "threshold" else "none"
             png, title = self.grid(query.value, method.value, k=k.value,
                                    threshold=thr.value if mode.value == "threshold" else None)
-            panel.png = png
-            panel.summary = f"Explorer, query {query.value} ({self.ds.query_labels[query.value]}): " \
-                            + " - ".join(title.splitlines())
-            out.outputs = ({"output_type": "display_data", "metadata": {},
-                            "data": {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": title}},)
+            _show_png(panel, out, png, f"Explorer, query {query.value} ({self.ds.query_labels[query.value]}): "
+                      + " - ".join(title.splitlines()))
 
         for w in (query, method, mode, k, thr):
             w.observe(update, names="value")
         update()
+        return panel
+
+
+def _png(fig) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _show_png(panel, out, png: bytes, summary: str) -> None:
+    """Put a PNG in the panel's ``Output`` child by setting its outputs (never ``with out:``, see ``widget``)."""
+    panel.png, panel.summary = png, summary
+    out.outputs = ({"output_type": "display_data", "metadata": {},
+                    "data": {"image/png": base64.b64encode(png).decode("ascii"), "text/plain": summary}},)
+
+
+class CollectionExplorer:
+    """Search a collection from a notebook: upload a photo, or type a text (CLIP collections).
+
+    ``search_upload(files)`` takes what ipywidgets' ``FileUpload.value`` holds (dicts with
+    ``name`` and ``content``), ``search_text(text)`` a string; both return the results and draw
+    them with :func:`cbir_kit.report.plots.plot_search_grid`.  ``widget()`` is the panel.
+    """
+
+    def __init__(self, collection, k: int = 8):
+        self.collection = collection
+        self.k = k
+
+    def search_upload(self, files, k: int | None = None):
+        """``(results, png)`` for uploaded photos, decoded from their bytes; a file that is not an image
+        gets a result with its ``error`` and the others are searched."""
+        from ..collection import QueryResult
+
+        pictures: dict[int, Image.Image] = {}
+        errors: dict[int, str] = {}
+        for i, f in enumerate(files):
+            try:
+                pictures[i] = Image.open(io.BytesIO(bytes(f["content"])))
+                pictures[i].load()
+            except (OSError, ValueError) as err:
+                errors[i] = f"{f['name']}: not an image ({err})"
+        found = iter(self.collection.search(images=list(pictures.values()), k=k or self.k) if pictures else ())
+        results = [QueryResult(f["name"], error=errors[i]) if i in errors else next(found) for i, f in enumerate(files)]
+        for r, f in zip(results, files):
+            r.query = f["name"]
+        return results, self._draw(results, [pictures.get(i, f["name"]) for i, f in enumerate(files)], k)
+
+    def search_text(self, text: str, k: int | None = None):
+        """``(results, png)`` for a text query (the collection must hold a CLIP model's features)."""
+        results = self.collection.search(text=text, k=k or self.k)
+        return results, self._draw(results, None, k)
+
+    def _draw(self, results, images, k) -> bytes:
+        from .plots import plot_search_grid
+
+        return _png(plot_search_grid(results, queries=images, k=k or self.k))
+
+    def widget(self):
+        """Upload box, text box (CLIP collections only), k slider and the result grid (same panel as :class:`Explorer`)."""
+        import ipywidgets as W
+
+        upload = W.FileUpload(accept="image/*", multiple=False, description="photo")
+        text = W.Text(placeholder="a red bus" if self.collection.manifest["text"] else
+                      "text search needs a CLIP collection", description="text",
+                      disabled=not self.collection.manifest["text"], continuous_update=False)
+        k = W.IntSlider(value=self.k, min=1, max=24, description="k")
+        out = W.Output()
+        panel = _panel_class()([W.HBox([upload, text, k]), out])
+        panel.add_class("cbir-explorer")
+        panel.summary = f"Collection explorer: {len(self.collection)} images, {self.collection.model}"
+
+        def on_upload(*_):
+            if upload.value:
+                results, png = self.search_upload(upload.value, k.value)
+                _show_png(panel, out, png, f"{results[0].query}: top {k.value}")
+
+        def on_text(*_):
+            if text.value.strip():
+                _, png = self.search_text(text.value, k.value)
+                _show_png(panel, out, png, f"{text.value!r}: top {k.value}")
+
+        upload.observe(on_upload, names="value")
+        text.observe(on_text, names="value")
         return panel
 
 
