@@ -1,7 +1,8 @@
 """The ``cbir bench`` command: benchmarks that compare methods side by side in one run.
 
-``cbir bench extract`` (:mod:`cbir_kit.bench.extract`, notebook 01) and ``cbir bench search``
-(:mod:`cbir_kit.bench.search`, notebooks 02 and 04).  The library is imported when a benchmark
+``cbir bench extract`` (:mod:`cbir_kit.bench.extract`, notebook 01), ``cbir bench search``
+(:mod:`cbir_kit.bench.search`, notebooks 02 and 04) and ``cbir bench collection``
+(:mod:`cbir_kit.collection.bench`, notebook 02).  The library is imported when a benchmark
 runs, so ``cbir --help`` loads no torch.
 """
 from __future__ import annotations
@@ -126,8 +127,45 @@ def add_bench_extract(bench_sub) -> None:
     p.set_defaults(func=run_bench_extract)
 
 
+def run_bench_collection(args) -> int:
+    from ..collection.bench import bench_open, bench_query, format_bench
+    from ..runtime import Runtime
+
+    if args.size < 1 and args.queries < 1:
+        raise CbirError("--size 0 and --queries 0 leave nothing to measure")
+    query = bench_query(args.dataset, args.model, n_queries=args.queries,
+                        runtime=Runtime(root=args.root, cache_dir=args.cache, device=args.device,
+                                        progress=not args.no_progress)) if args.queries > 0 else None
+    opened = bench_open(args.size, args.dim, folder=args.tmp, seed=args.seed) if args.size > 0 else None
+    print(format_bench(query, opened))
+    write_outputs(args, {"query": query, "open": opened}, None)
+    return 0
+
+
+def add_bench_collection(bench_sub) -> None:
+    """Register ``collection`` under the ``cbir bench`` sub-parsers."""
+    p = bench_sub.add_parser("collection", help="one new query image end to end; opening a 1M-vector collection "
+                                                "memory-mapped vs read")
+    p.add_argument("--dataset", default="demo", help="the collection's images and the queries (default: demo)")
+    p.add_argument("--model", default=OFFLINE_MODEL, help=f"model spec (default: {OFFLINE_MODEL})")
+    p.add_argument("--queries", type=int, default=20, help="query images timed one at a time; 0 skips (default: 20)")
+    p.add_argument("--size", type=int, default=1_000_000,
+                   help="vectors in the synthetic collection that is opened; 0 skips (default: 1000000)")
+    p.add_argument("--dim", type=int, default=1280,
+                   help="their dimension (default: 1280, EfficientNet-Lite0's)")
+    p.add_argument("--tmp", default=None, metavar="DIR",
+                   help="where the synthetic collection is written (default: the system's temporary folder)")
+    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
+    p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic vectors (default: 0)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run_bench_collection)
+
+
 # Benchmarks under `cbir bench`; each is an `add_<name>(bench_subparsers)` function.
-BENCH_COMMANDS = [add_bench_extract, add_bench_search]
+BENCH_COMMANDS = [add_bench_extract, add_bench_search, add_bench_collection]
 
 
 def add_bench(sub) -> None:
