@@ -398,3 +398,40 @@ def test_the_explorer_offers_no_text_box_for_an_image_only_collection(tmp_path):
     c = Collection.from_vectors(np.eye(3, dtype=np.float32), ["a", "b", "c"], tmp_path / "c", model="resnet18")
     _, text, _ = CollectionExplorer(c).widget().children[0].children
     assert text.disabled and "needs a CLIP collection" in text.placeholder
+
+
+def test_the_collection_benchmark_measures_both_numbers_side_by_side(tmp_path, capsys):
+    code, out, err = _cbir(capsys, "bench", "collection", "--queries", "3", "--size", "3000", "--dim", "16",
+                           "--tmp", tmp_path, "--no-progress", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "b.json").read_text())
+    q, o = result["query"], result["open"]
+    assert q["n_queries"] == 3 and q["n_collection"] == 72 and 0 < q["search_ms"] < q["p50_ms"] <= q["p95_ms"]
+    assert o["size"] == 3000 and o["open_ratio"] == pytest.approx(o["open_full_s"] / o["open_mmap_s"])
+    assert "memory-mapped opens" in out and "p50" in out
+    assert list(tmp_path.iterdir()) == [tmp_path / "b.json"]          # the synthetic collection is removed
+
+
+def test_an_index_that_cannot_add_says_so_and_offers_the_rebuild():
+    import faiss
+
+    from cbir_kit.index.ann import AnnIndex
+    from cbir_kit.index.persist import add_to_index
+
+    index = AnnIndex("IDMap,Flat")
+    index.index_ = faiss.index_factory(4, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)   # adds only with ids
+    with pytest.raises(CbirError, match="this index cannot add vectors .*; rebuild the collection with the new images"):
+        add_to_index(index, np.eye(4, dtype=np.float32), np.eye(4, dtype=np.float32))
+
+
+def test_growing_a_trained_index_far_past_its_training_set_suggests_a_rebuild(tmp_path):
+    from cbir_kit.errors import CbirWarning
+
+    x = np.random.default_rng(3).normal(size=(700, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = Collection.from_vectors(x[:300], [f"{i}" for i in range(300)], tmp_path / "c", model="resnet18",
+                                index="IVF4,Flat")
+    c._append(x[300:500], [Path(str(i)) for i in range(300, 500)], [f"r{i}" for i in range(300, 500)], None)
+    c = Collection.open(tmp_path / "c")
+    with pytest.warns(CbirWarning, match="grown to 700 items from the 300 its index was trained on; .* rebuild it"):
+        c._append(x[500:], [Path(str(i)) for i in range(500, 700)], [f"r{i}" for i in range(500, 700)], None)
