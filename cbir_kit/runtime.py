@@ -2,7 +2,8 @@
 
 A :class:`Runtime` holds what every stage needs to know about the run and nothing about the
 method: the data root, the feature cache folder, the device, the extraction batch size and
-decoding threads, whether to draw progress bars, and the seed of every random choice.  The
+decoding threads, whether to draw progress bars, the seed of every random choice, and the cluster
+the heavy work may run on (:mod:`cbir_kit.cluster`; ``"none"``: this process).  The
 ``cbir`` command builds one from its flags; a notebook passes the fields it wants to change as
 keywords (``evaluate(ds, progress=False)``) or a whole ``Runtime``.  ``None`` for ``root`` and
 ``cache_dir`` means the documented defaults (``$CBIR_DATA`` ..., ``$CBIR_CACHE`` ...).
@@ -27,6 +28,7 @@ class Runtime:
     num_workers: int | None = None
     progress: bool = True
     seed: int = 0
+    cluster: object = "none"      # "none", "local:N", a scheduler address or a distributed.Client (cbir_kit.cluster)
 
     def replace(self, **options) -> "Runtime":
         """A copy with ``options`` changed; an unknown name is an error that lists the fields."""

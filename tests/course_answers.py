@@ -36,6 +36,11 @@ WRONG = {
                             '    k = exact_ids.shape[1]\n'
                             '    return float(np.mean([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(ann_ids, exact_ids)]) / k)\n',
                             "test_recall_vs_exact", SAYS["recall-counts-missing"]),
+        # "more than min_score is a copy": a hit scoring exactly min_score stays
+        "drop_near_duplicates": ('def drop_near_duplicates(hits, min_score=0.95):\n    kept = []\n    for hit in hits:\n'
+                                 '        if hit.score > min_score:\n            continue\n'
+                                 '        kept.append((len(kept) + 1, hit.path, hit.score))\n    return kept\n',
+                                 "test_drop_near_duplicates", SAYS["near-dup-boundary"]),
     },
     "03_evaluation": {
         "percentile": ('def percentile_nearest_rank(values, q):\n    ordered = np.sort(np.asarray(values, dtype=np.float64))\n'

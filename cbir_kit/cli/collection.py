@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_common, runtime_from_args
+from .common import add_cluster_flag, add_common, runtime_from_args
 from .evaluate import add_index_flags
 
 
@@ -134,6 +134,7 @@ def add_index(sub) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = actions.add_parser("build", help="embed a dataset's gallery and write a collection folder")
     add_common(q)
+    add_cluster_flag(q, "feature extraction and the adding of IVF index shards")
     add_index_flags(q)
     q.add_argument("--out", required=True, metavar="DIR", help="the collection folder to write")
     q.add_argument("--force", action="store_true", help="replace a collection already in --out")

@@ -46,4 +46,12 @@ def runtime_from_args(args):
     from ..runtime import Runtime
 
     return Runtime(root=args.root, cache_dir=args.cache, device=args.device, batch_size=args.batch_size,
-                   num_workers=args.workers, progress=not args.no_progress, seed=args.seed)
+                   num_workers=args.workers, progress=not args.no_progress, seed=args.seed,
+                   cluster=getattr(args, "cluster", "none"))
+
+
+def add_cluster_flag(p: argparse.ArgumentParser, what: str = "feature extraction") -> None:
+    """``--cluster SPEC`` (DESIGN.md's contract; :mod:`cbir_kit.cluster`)."""
+    p.add_argument("--cluster", default="none", metavar="SPEC",
+                   help=f"where {what} runs: none (this process, default), local:N (N worker processes on this "
+                        "machine) or a Dask scheduler address tcp://HOST:8786; needs pip install -e \".[cluster]\"")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, runtime_from_args, write_outputs
+from .common import add_cluster_flag, add_common, runtime_from_args, write_outputs
 
 
 def run_evaluate(args) -> int:
@@ -45,6 +45,7 @@ def run_evaluate(args) -> int:
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="dataset -> features -> index -> search -> metrics and timings")
     add_common(p)
+    add_cluster_flag(p)
     p.add_argument("--k", type=int, default=10, help="how many results each query retrieves (default: 10)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     p.add_argument("--report", default=None, metavar="DIR", help="write a Markdown report with plots into DIR")

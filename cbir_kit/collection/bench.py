@@ -9,7 +9,8 @@ Two numbers, each measured side by side with its alternative in one run:
 * **opening a large collection**: a synthetic collection of ``size`` unit vectors of the model's
   dimension (exact Flat index) is written once, then opened memory-mapped (manifest, sizes, a
   mapped faiss index: ``IO_FLAG_MMAP_IFC``) and read whole with every checksum verified, and
-  searched once after each open.
+  searched twice after each open: the first search of a mapped exact index reads every page of
+  it from disk (unless the OS still caches them), the second finds them in memory.
 """
 from __future__ import annotations
 
@@ -75,10 +76,11 @@ def bench_open(size: int = 1_000_000, dim: int = 1280, folder: str | None = None
             t0 = time.perf_counter()
             c = Collection.open(work / "c", mmap=mmap)
             out[f"open_{name}_s"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            hit = c.search(vectors=query, model=OFFLINE_MODEL, k=10)[0].results[0]
-            out[f"first_search_{name}_ms"] = 1000 * (time.perf_counter() - t0)
-            assert hit.id == 0, "the query is item 0 of the collection"
+            for which in ("first", "second"):      # the first search of a mapped index reads its pages from disk
+                t0 = time.perf_counter()
+                hit = c.search(vectors=query, model=OFFLINE_MODEL, k=10)[0].results[0]
+                out[f"{which}_search_{name}_ms"] = 1000 * (time.perf_counter() - t0)
+                assert hit.id == 0, "the query is item 0 of the collection"
             del c
         out["open_ratio"] = out["open_full_s"] / out["open_mmap_s"]
         return out
@@ -98,8 +100,8 @@ def format_bench(query: dict | None, opened: dict | None) -> str:
         lines += [f"opening a {opened['size']:,} x {opened['dim']} collection (Flat, "
                   f"{opened['bytes_on_disk'] / 2**30:.1f} GiB on disk, built in {opened['build_s']:.1f} s)",
                   f"  memory-mapped   {1000 * opened['open_mmap_s']:9.1f} ms   first search "
-                  f"{opened['first_search_mmap_ms']:.0f} ms",
+                  f"{opened['first_search_mmap_ms']:.0f} ms, second {opened['second_search_mmap_ms']:.0f} ms",
                   f"  read + verified {1000 * opened['open_full_s']:9.1f} ms   first search "
-                  f"{opened['first_search_full_ms']:.0f} ms",
+                  f"{opened['first_search_full_ms']:.0f} ms, second {opened['second_search_full_ms']:.0f} ms",
                   f"  memory-mapped opens {opened['open_ratio']:.0f}x faster"]
     return "\n".join(lines)

@@ -238,12 +238,15 @@ class FeatureCache:
 
     Extraction commits a chunk about every ``chunk_seconds`` of work (:class:`ChunkPolicy`), so
     a killed extraction loses at most that much; ``chunk_size`` (default ``$CBIR_CHUNK_SIZE``)
-    commits a fixed number of images at a time instead.
+    commits a fixed number of images at a time instead.  ``remote`` extracts the missing rows
+    elsewhere instead of in this process, with the signature of :meth:`_extract_ranges`
+    (:class:`cbir_kit.features.distributed.ClusterExtraction`: one task per chunk on a Dask cluster).
     """
 
     def __init__(self, cache_dir: str | os.PathLike | None = None, chunk_size: int | None = None,
-                 chunk_seconds: float = CHUNK_SECONDS):
+                 chunk_seconds: float = CHUNK_SECONDS, remote: Callable | None = None):
         self.dir = default_cache_dir(cache_dir)
+        self.remote = remote
         self.chunk_size = default_chunk_size(chunk_size)
         if chunk_seconds <= 0:
             raise CbirError(f"chunk_seconds must be positive; got {chunk_seconds}")
@@ -463,7 +466,8 @@ class FeatureCache:
         gaps = _missing_ranges(manifest["chunks"], n)
         try:
             if gaps:
-                self._extract_ranges(part, manifest, extractor, images, gaps, progress, desc)
+                extract = self.remote or self._extract_ranges
+                extract(part, manifest, extractor, images, gaps, progress, desc)
         except BaseException:
             if not manifest["chunks"]:  # nothing worth resuming (e.g. stopped while the model downloaded)
                 shutil.rmtree(part, ignore_errors=True)
@@ -498,16 +502,25 @@ class FeatureCache:
 
     def _commit_chunk(self, part: Path, manifest: dict, batches: list) -> None:
         """Write one chunk file, then record it in the manifest (both atomically, in that order)."""
-        vectors = np.concatenate([b.vectors for b in batches])
-        start, stop = batches[0].start, batches[-1].stop
-        name = _chunk_name(start)
-        part.mkdir(parents=True, exist_ok=True)
-        _write_atomic(part / name, lambda f: np.save(f, vectors))
-        manifest["chunks"].append({
-            "start": start, "stop": stop, "file": name, "rows": len(vectors), "n_bytes": (part / name).stat().st_size,
-            "checksum": _checksum([vectors]), "failures": [list(f) for b in batches for f in b.failures]})
-        manifest["chunks"].sort(key=lambda c: c["start"])
-        _write_json(part / "manifest.json", manifest)
+        record_chunk(part, manifest, write_chunk(part, batches))
+
+
+def write_chunk(part: Path, batches: list) -> dict:
+    """Write the consecutive ``batches`` as one chunk file in ``part`` (atomically); its manifest record."""
+    vectors = np.concatenate([b.vectors for b in batches])
+    start, stop = batches[0].start, batches[-1].stop
+    name = _chunk_name(start)
+    part.mkdir(parents=True, exist_ok=True)
+    _write_atomic(part / name, lambda f: np.save(f, vectors))
+    return {"start": start, "stop": stop, "file": name, "rows": len(vectors), "n_bytes": (part / name).stat().st_size,
+            "checksum": _checksum([vectors]), "failures": [list(f) for b in batches for f in b.failures]}
+
+
+def record_chunk(part: Path, manifest: dict, record: dict) -> None:
+    """Add a written chunk's ``record`` to the entry's manifest and write the manifest (atomically)."""
+    manifest["chunks"].append(record)
+    manifest["chunks"].sort(key=lambda c: c["start"])
+    _write_json(part / "manifest.json", manifest)
 
 
 def _combine(n: int, found: dict[int, np.ndarray], missing: list[int], new: Features | None) -> Features:

@@ -18,6 +18,7 @@ from ..datasets import Dataset, load
 from ..errors import CbirError, CbirWarning
 from ..evaluation import revisitop_map
 from ..features import FeatureCache, OFFLINE_MODEL, create_extractor
+from ..features.distributed import cluster_extraction
 from ..features.specs import FINETUNED_PREFIX
 from ..index import ExactIndex
 from ..runtime import Runtime, runtime_of
@@ -181,14 +182,19 @@ def clamp_k(k: int, n_gallery: int, leave_one_out: bool) -> int:
 def embed_dataset(ds: Dataset, model: str, runtime: Runtime):
     """Features of ``ds`` through the cache, images that failed to load dropped (with a note each).
 
+    With ``runtime.cluster`` the images the cache lacks are embedded on that cluster
+    (:mod:`cbir_kit.features.distributed`), with the same features to the bit.
+
     Returns ``(ds, queries, gallery, info)``; ``info`` holds the extractor, the cache, the
     seconds and images of extraction, whether it was a cache hit, and the skipped images.
     """
     extractor = create_extractor(model, device=runtime.device, batch_size=runtime.batch_size,
                                  num_workers=runtime.num_workers)
-    cache = FeatureCache(runtime.cache_dir)
     t0 = time.perf_counter()
-    query_feats, gallery_feats, hit = cache.dataset_features(extractor, ds, runtime.progress)
+    with cluster_extraction(runtime.cluster) as remote:     # runtime.cluster: missing features made there
+        cache = FeatureCache(runtime.cache_dir, remote=remote)
+        query_feats, gallery_feats, hit = cache.dataset_features(extractor, ds, runtime.progress)
+    cache.remote = None                                      # later stages (TTA) extract in this process
     info = {"extractor": extractor, "cache": cache, "extract_s": time.perf_counter() - t0, "hit": hit,
             "n_images": ds.n_gallery + (0 if ds.leave_one_out else ds.n_queries)}
     skipped = [(img, reason) for _, img, reason in gallery_feats.failures]
