@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import __version__
+from ..cluster import cluster_client, parse_cluster
 from ..datasets import Dataset, load
 from ..datasets.images import describe, fingerprint
 from ..datasets.manifest import list_images
@@ -115,6 +116,8 @@ class Collection:
               overwrite: bool = False, runtime: Runtime | None = None, **runtime_options) -> "Collection":
         """Embed ``dataset``'s gallery with ``model``, index it and write the collection to ``out``.
 
+        ``runtime.cluster`` (or ``cluster=``): the missing features are extracted there and an IVF
+        index is filled there in shards (the same collection as built in one process).
         ``index``: a faiss factory string or an :class:`IndexSpec` (hash codes, search knobs).
         Images that fail to load are reported and left out.  ``overwrite`` replaces an existing
         collection in ``out`` (readers see the old or the new one).
@@ -122,14 +125,17 @@ class Collection:
         runtime = runtime_of(runtime, runtime_options)
         spec = index if isinstance(index, IndexSpec) else IndexSpec(index)
         ds = dataset if isinstance(dataset, Dataset) else load(dataset, root=runtime.root)
-        ds, _, gallery, info = embed_dataset(ds, model, runtime)
-        for image, reason in info["skipped"]:
-            warnings.warn(f"left out {image}: {reason}", CbirWarning, stacklevel=2)
-        fingerprints = [fingerprint(ref) for ref in ds.gallery]
-        return cls.from_vectors(gallery, [_item_path(ref) for ref in ds.gallery], out, model=model,
-                                labels=_dataset_labels(ds), fingerprints=fingerprints, index=spec,
-                                identity=info["extractor"].cache_identity(), source=ds.name,
-                                overwrite=overwrite, runtime=runtime)
+        with cluster_client(runtime.cluster) as client:      # one cluster for the features and the index
+            on_cluster = runtime.replace(cluster=client) if client is not None else runtime
+            ds, _, gallery, info = embed_dataset(ds, model, on_cluster)
+            for image, reason in info["skipped"]:
+                warnings.warn(f"left out {image}: {reason}", CbirWarning, stacklevel=2)
+            fingerprints = [fingerprint(ref) for ref in ds.gallery]
+            cls.from_vectors(gallery, [_item_path(ref) for ref in ds.gallery], out, model=model,
+                             labels=_dataset_labels(ds), fingerprints=fingerprints, index=spec,
+                             identity=info["extractor"].cache_identity(), source=ds.name,
+                             overwrite=overwrite, runtime=on_cluster)
+        return cls.open(out, runtime=runtime)
 
     @classmethod
     def from_vectors(cls, vectors, paths: Sequence[str], out, model: str, *, labels: Sequence | None = None,
@@ -147,7 +153,9 @@ class Collection:
         codes, names = label_codes(labels if labels is not None else [None] * len(paths), [])
         fingerprints = list(fingerprints) if fingerprints is not None else [f"row:{i}" for i in range(len(paths))]
         t0 = time.perf_counter()
-        built = spec.build(vectors, seed=(runtime or Runtime()).seed)
+        runtime = runtime or Runtime()
+        client = parse_cluster(runtime.cluster)[1] if parse_cluster(runtime.cluster)[0] == "client" else None
+        built = spec.build(vectors, seed=runtime.seed, client=client)
         manifest = {"model": model, "identity": identity or {"model": model}, "text": _text_identity(model),
                     "dim": int(vectors.shape[1]), "n": len(vectors), "index": spec.to_dict(),
                     "trained_on": len(vectors), "label_names": names, "source": source, "created": _created(),
@@ -161,7 +169,7 @@ class Collection:
 
         with store.write_lock(out):
             store.publish(out, write, manifest, previous)
-        return cls.open(out, runtime=runtime)
+        return cls.open(out, runtime=runtime if client is None else runtime.replace(cluster="none"))
 
     @classmethod
     def open(cls, folder, mmap: bool = False, verify: bool | None = None, runtime: Runtime | None = None,

@@ -27,6 +27,7 @@ from ..errors import CbirError
 from ..method_specs import parse_method
 from .ann import AnnIndex
 from .hashing import HASHERS, HashIndex, make_hasher
+from .sharded import build_sharded, can_shard
 
 FAISS_FILE, CODES_FILE, HASHER_FILE = "index.faiss", "codes.faissb", "hasher.npz"
 
@@ -60,10 +61,16 @@ class IndexSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def build(self, gallery: np.ndarray, seed: int = 0):
-        """A fitted :class:`AnnIndex` or :class:`HashIndex` on ``gallery`` (trained on it when needed)."""
+    def build(self, gallery: np.ndarray, seed: int = 0, client=None):
+        """A fitted :class:`AnnIndex` or :class:`HashIndex` on ``gallery`` (trained on it when needed).
+
+        With a Dask ``client`` an inverted-file index is filled in parallel shards and merged
+        (:mod:`.sharded`; the same index as built here); other kinds are built here.
+        """
         if self.hash:
             return HashIndex(make_hasher(self.hash, seed=seed), shortlist=self.shortlist).fit(gallery)
+        if client is not None and can_shard(self.factory):
+            return build_sharded(self.factory, gallery, client, nprobe=self.nprobe)
         return AnnIndex(self.factory, nprobe=self.nprobe, ef_search=self.ef_search).fit(gallery)
 
 
