@@ -19,7 +19,7 @@ NOTEBOOKS = PACKAGE.parent / "notebooks"
 # lower layers first; a module may import its own package and any lower layer, nothing else
 LAYERS = [
     {"errors"},                          # ground floor: every error class
-    {"_io", "_lazy", "method_specs", "runtime"},   # ground floor: atomic writes, lazy exports, specs, the runtime
+    {"_io", "_lazy", "method_specs", "runtime", "cluster"},   # ground floor: atomic writes, lazy exports, specs, runtime, cluster
     {"datasets"},                        # (1) dataset -> image references + ground truth
     {"evaluation"},                      # (6) numbers from rankings: pure numpy, below every stage that ranks
     {"features"},                        # (2) images -> vectors

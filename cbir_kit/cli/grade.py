@@ -1,6 +1,8 @@
 """The ``cbir grade`` command: release and autograde the nbgrader course, run the retrieval challenge."""
 from __future__ import annotations
 
+from .common import add_cluster_flag
+
 
 def _release(args) -> int:
     from ..grade.nbgrade import release
@@ -31,7 +33,8 @@ def _autograde(args) -> int:
     from ..grade.nbgrade import autograde
     rows = autograde(args.submissions, args.course, args.out, cell_timeout=args.cell_timeout,
                      notebook_timeout=args.notebook_timeout, sandbox=args.sandbox,
-                     limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s, **_limits(args.limit)})
+                     limits={"memory_mb": args.memory_mb, "cpu_s": args.cpu_s, **_limits(args.limit)},
+                     cluster=args.cluster)
     total: dict[str, list[float]] = {}
     for r in rows:
         t = total.setdefault(r["student"], [0.0, 0.0, 0.0])
@@ -99,6 +102,7 @@ def add_grade(sub) -> None:
     a.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                    help="any other sandbox limit, e.g. notebook_output_mb=16, work_mb=256, group_memory_mb=4096 "
                         "(repeatable; names in grading/README.md)")
+    add_cluster_flag(a, "grading runs, one task per student")
     a.set_defaults(func=_autograde)
 
     rep = g.add_parser("report", help="per exercise: pass rate, common errors, hidden failures, grading times")

@@ -19,6 +19,7 @@ of a fixed k.
 from __future__ import annotations
 
 import getpass
+import importlib.metadata
 import os
 import platform
 import time
@@ -30,7 +31,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .. import __version__
 from ..cluster import cluster_client, parse_cluster
 from ..datasets import Dataset, load
 from ..datasets.images import describe, fingerprint
@@ -92,13 +92,20 @@ def _dataset_labels(ds: Dataset) -> list:
     return [str(label) for label in labels]
 
 
+def _toolkit_version() -> str:
+    try:
+        return importlib.metadata.version("cbir_kit")
+    except importlib.metadata.PackageNotFoundError:    # run from a source tree that was never installed
+        return "unknown"
+
+
 def _created() -> dict:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = None
     return {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(), "user": user,
-            "cbir_kit": __version__}
+            "cbir_kit": _toolkit_version()}
 
 
 class Collection:
