@@ -1,8 +1,9 @@
 """The ``cbir bench`` command: benchmarks that compare methods side by side in one run.
 
 ``cbir bench extract`` (:mod:`cbir_kit.bench.extract`, notebook 01), ``cbir bench search``
-(:mod:`cbir_kit.bench.search`, notebooks 02 and 04) and ``cbir bench collection``
-(:mod:`cbir_kit.collection.bench`, notebook 02).  The library is imported when a benchmark
+(:mod:`cbir_kit.bench.search`, notebooks 02 and 04), ``cbir bench collection``
+(:mod:`cbir_kit.collection.bench`, notebook 02) and ``cbir bench scale``
+(:mod:`cbir_kit.grade.scale_bench`, docs/scale.md).  The library is imported when a benchmark
 runs, so ``cbir --help`` loads no torch.
 """
 from __future__ import annotations
@@ -164,8 +165,31 @@ def add_bench_collection(bench_sub) -> None:
     p.set_defaults(func=run_bench_collection)
 
 
+def run_bench_scale(args) -> int:
+    from ..grade.scale_bench import bench_scale, format_scale
+
+    if args.students < 0:
+        raise CbirError(f"--students must be 0 or more; got {args.students}")
+    result = bench_scale(args.dataset, args.model, students=args.students, root=args.root)
+    print(format_scale(result))
+    write_outputs(args, result, None)
+    return 0
+
+
+def add_bench_scale(bench_sub) -> None:
+    """Register ``scale`` under the ``cbir bench`` sub-parsers."""
+    p = bench_sub.add_parser("scale", help="extraction and an autograde batch in process, on 1 and on 2 Dask workers")
+    p.add_argument("--dataset", default="demo", help="images to extract (default: demo; e.g. csv:PATH)")
+    p.add_argument("--model", default=OFFLINE_MODEL, help=f"model spec (default: {OFFLINE_MODEL})")
+    p.add_argument("--students", type=int, default=4,
+                   help="synthetic students of the autograde batch, 2 notebooks each; 0 skips it (default: 4)")
+    p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    p.set_defaults(func=run_bench_scale)
+
+
 # Benchmarks under `cbir bench`; each is an `add_<name>(bench_subparsers)` function.
-BENCH_COMMANDS = [add_bench_extract, add_bench_search, add_bench_collection]
+BENCH_COMMANDS = [add_bench_extract, add_bench_search, add_bench_collection, add_bench_scale]
 
 
 def add_bench(sub) -> None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..cluster import cluster_client, gather_checked, parse_cluster
 from ..datasets.images import describe
-from .cache import record_chunk, write_chunk
+from .cache import default_chunk_size, record_chunk, write_chunk
 from .extractor import Extractor
 
 TASK_BATCHES = 16                 # batches per task: about 4 s of EfficientNet-Lite0 work on one CPU thread
@@ -116,7 +116,7 @@ class ClusterExtraction:
                  progress: bool, desc: str) -> None:
         manifest["dim"] = extractor.dim
         recipe = Recipe.of(extractor)
-        ranges = task_ranges(gaps, extractor.batch_size, self.rows_per_task or TASK_BATCHES * extractor.batch_size)
+        ranges = task_ranges(gaps, extractor.batch_size, self._rows(gaps, extractor.batch_size))
         futures = [self.client.submit(embed_chunk, recipe, list(images[a:b]), a, str(part), pure=False)
                    for a, b in ranges]
         n = len(images)
@@ -126,6 +126,16 @@ class ClusterExtraction:
                 record_chunk(part, manifest, record)
                 bar.update(record["rows"])
                 self.tasks_run += 1
+
+    def _rows(self, gaps: list, batch_size: int) -> int:
+        """Rows per task: as asked (or ``$CBIR_CHUNK_SIZE``), else :data:`TASK_BATCHES` batches, but small
+        enough that every worker gets about four tasks (a small job is still spread over all of them)."""
+        fixed = self.rows_per_task or default_chunk_size()
+        if fixed:
+            return fixed
+        workers = max(1, len(self.client.scheduler_info()["workers"]))
+        missing = sum(b - a for a, b in gaps)
+        return min(TASK_BATCHES * batch_size, max(batch_size, -(-missing // (4 * workers))))
 
     @staticmethod
     def _describe(images: Sequence, rows: tuple[int, int]) -> str:
