@@ -231,3 +231,18 @@ def test_index_build_on_the_cluster_writes_the_same_collection(photos, tmp_path,
     one = json.loads((tmp_path / "one" / "manifest.json").read_text())["files"]
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())["files"]
     assert {k: v["blake2b"] for k, v in one.items()} == {k: v["blake2b"] for k, v in two.items()}
+
+
+def test_the_scale_benchmark_prints_the_1_vs_2_worker_ratio_measured_in_one_run(photos, tmp_path, capsys):
+    from cbir_kit.cli import main
+
+    folder = Path(photos[0]).parents[1]
+    assert main(["bench", "scale", "--dataset", f"folder:{folder}", "--students", "0",
+                 "--json", str(tmp_path / "scale.json")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "scale.json").read_text())
+    row = result["extraction"]
+    assert row["images"] == 24 and set(row) >= {"none", "local:1", "local:2", "speedup", "overhead"}
+    assert row["speedup"] == pytest.approx(row["local:1"]["seconds"] / row["local:2"]["seconds"])
+    assert row["overhead"] == pytest.approx(row["local:1"]["seconds"] / row["none"]["seconds"])
+    assert result["autograde"] is None and f"extract 24 {result['dataset']} images" in out and "1 vs 2" in out
