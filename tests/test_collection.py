@@ -136,6 +136,15 @@ def test_add_five_new_images_then_each_finds_itself_first(corel_collection, core
     assert "added 0 image(s)" in out and out.count("already in the collection") == 5
 
 
+def test_building_again_extracts_nothing_the_cache_has(corel_photos, corel_collection, tmp_path, capsys):
+    folder, _, _ = corel_photos
+    code, out, _ = _cbir(capsys, "index", "build", "--dataset", f"folder:{folder}", "--out", tmp_path / "again",
+                         "--index", "HNSW16", "--no-progress")
+    assert code == 0 and "; features from the cache, nothing extracted" in out
+    again = Collection.open(tmp_path / "again")
+    np.testing.assert_array_equal(np.asarray(again.vectors), np.asarray(Collection.open(corel_collection).vectors))
+
+
 def test_info_describes_the_collection(corel_collection, capsys):
     code, out, _ = _cbir(capsys, "index", "info", corel_collection)
     assert code == 0

@@ -15,7 +15,8 @@ def test_runtime_fields_change_by_keyword_and_unknown_names_are_refused():
     assert rt == Runtime(seed=3, progress=False)
     with pytest.raises(CbirError, match="unknown option.s. colour; the runtime options are root, cache_dir"):
         Runtime().replace(colour="red")
-    assert RUNTIME_OPTIONS == ("root", "cache_dir", "device", "batch_size", "num_workers", "progress", "seed")
+    assert RUNTIME_OPTIONS == ("root", "cache_dir", "device", "batch_size", "num_workers", "progress", "seed",
+                                "cluster")
 
 
 def test_the_command_builds_the_runtime_from_its_shared_flags(tmp_path):

@@ -35,7 +35,9 @@ def run_build(args) -> int:
     spec = IndexSpec(args.index, nprobe=args.nprobe, ef_search=args.ef_search, hash=args.hash, shortlist=args.shortlist)
     c = Collection.build(args.dataset, args.out, model=args.model, index=spec, overwrite=args.force,
                          runtime=runtime_from_args(args))
-    print(f"built {args.out}: {len(c)} images, {c.model}, index {spec.describe()}")
+    cached = c.manifest["history"][0]["features_cached"]
+    print(f"built {args.out}: {len(c)} images, {c.model}, index {spec.describe()}"
+          + ("; features from the cache, nothing extracted" if cached else ""))
     return 0
 
 
@@ -140,13 +142,13 @@ def add_index(sub) -> None:
     q.add_argument("--force", action="store_true", help="replace a collection already in --out")
     q.set_defaults(func=run_build)
     q = actions.add_parser("add", help="embed images (files or folders) and add them to a collection")
-    q.add_argument("collection", metavar="DIR")
+    q.add_argument("collection", metavar="DIR", help="a collection from `cbir index build`")
     q.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     q.add_argument("--label", default=None, help="the class of the added images (default: none)")
     _runtime_flags(q)
     q.set_defaults(func=run_add)
     q = actions.add_parser("info", help="model, size, index type and bytes per vector of a collection")
-    q.add_argument("collection", metavar="DIR")
+    q.add_argument("collection", metavar="DIR", help="a collection from `cbir index build`")
     q.set_defaults(func=run_info)
 
 

@@ -141,14 +141,14 @@ class Collection:
             cls.from_vectors(gallery, [_item_path(ref) for ref in ds.gallery], out, model=model,
                              labels=_dataset_labels(ds), fingerprints=fingerprints, index=spec,
                              identity=info["extractor"].cache_identity(), source=ds.name,
-                             overwrite=overwrite, runtime=on_cluster)
+                             overwrite=overwrite, runtime=on_cluster, features_cached=info["hit"])
         return cls.open(out, runtime=runtime)
 
     @classmethod
     def from_vectors(cls, vectors, paths: Sequence[str], out, model: str, *, labels: Sequence | None = None,
                      fingerprints: Sequence[str] | None = None, index: str | IndexSpec = "Flat",
                      identity: dict | None = None, source: str = "vectors", overwrite: bool = False,
-                     runtime: Runtime | None = None) -> "Collection":
+                     runtime: Runtime | None = None, features_cached: bool | None = None) -> "Collection":
         """A collection of features embedded elsewhere by ``model`` (one row per path, L2-normalised)."""
         vectors = as_float32_matrix(vectors, "vectors")
         if len(paths) != len(vectors):
@@ -167,7 +167,8 @@ class Collection:
                     "dim": int(vectors.shape[1]), "n": len(vectors), "index": spec.to_dict(),
                     "trained_on": len(vectors), "label_names": names, "source": source, "created": _created(),
                     "history": [{"action": "build", "n": len(vectors), "utc": _created()["utc"],
-                                 "index_build_s": round(time.perf_counter() - t0, 3)}]}
+                                 "index_build_s": round(time.perf_counter() - t0, 3),
+                                 "features_cached": features_cached}]}
 
         def write(folder: Path) -> None:
             np.save(folder / VECTORS, vectors)
