@@ -53,5 +53,5 @@ def runtime_from_args(args):
 def add_cluster_flag(p: argparse.ArgumentParser, what: str = "feature extraction") -> None:
     """``--cluster SPEC`` (DESIGN.md's contract; :mod:`cbir_kit.cluster`)."""
     p.add_argument("--cluster", default="none", metavar="SPEC",
-                   help=f"where {what} runs: none (this process, default), local:N (N worker processes on this "
+                   help=f"where to run {what}: none (this process, default), local:N (N worker processes on this "
                         "machine) or a Dask scheduler address tcp://HOST:8786; needs pip install -e \".[cluster]\"")

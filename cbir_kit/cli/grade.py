@@ -53,7 +53,8 @@ def _autograde(args) -> int:
 def _challenge(args) -> int:
     from ..grade.challenge import run_challenge
     from ..grade.leaderboard import rows
-    summary = run_challenge(args.submissions, args.dataset, args.out, config=args.config, root=args.root)
+    summary = run_challenge(args.submissions, args.dataset, args.out, config=args.config, root=args.root,
+                            cluster=args.cluster)
     print()
     for r in rows(summary):
         line = f"{r['rank']:3d}. {r['student']:24s} score {r['score'] or 0:6.2f}"
@@ -102,7 +103,7 @@ def add_grade(sub) -> None:
     a.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                    help="any other sandbox limit, e.g. notebook_output_mb=16, work_mb=256, group_memory_mb=4096 "
                         "(repeatable; names in grading/README.md)")
-    add_cluster_flag(a, "grading runs, one task per student")
+    add_cluster_flag(a, "the grading, one task per student")
     a.set_defaults(func=_autograde)
 
     rep = g.add_parser("report", help="per exercise: pass rate, common errors, hidden failures, grading times")
@@ -118,4 +119,5 @@ def add_grade(sub) -> None:
     c.add_argument("--config", default=None, help="challenge TOML (see grading/challenge.toml)")
     c.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
     c.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
+    add_cluster_flag(c, "the correctness runs, one task per submission (timing stays serial, on this machine)")
     c.set_defaults(func=_challenge)

@@ -41,10 +41,49 @@ What the grader does, per grading session (one ``cbir grade challenge``):
    (:mod:`cbir_kit.grade.scoring`).  Anything that goes wrong in any run - an exception, a
    timeout, a resource limit, too much output, a malformed answer - fails that submission with a
    reason naming the run, and score 0; the others are unaffected.
+
+With a Dask cluster, ``run_challenge(..., cluster="local:4")`` (any spec of :mod:`cbir_kit.cluster`),
+correctness is checked in parallel and timing stays serial, in two phases:
+
+1. **Correctness, in parallel** (:func:`check_task`, one task per submission, not the baseline):
+   what the serial grader does up to the end of its first run (:func:`first_run`):
+   prepare the submission in a scratch folder of its own, run it once in a fresh sandboxed process
+   (import, build, retrieve) and check and evaluate its answer against the hidden labels.  The
+   :class:`~cbir_kit.grade.sandbox.Sandbox` is built inside the task, on the worker, from the
+   config's limits and the sandbox mode this process resolved (a worker without bubblewrap,
+   where this process has it, stops the grading rather than run with less isolation).  Each task
+   sees its own copy of the staged folder (new folders, hard links to the staged files), because
+   a run makes the query folder readable just before ``retrieve`` and unreadable again after: on
+   one shared folder, one submission's ``retrieve`` would show the queries to another's ``build``.
+   A submission that fails here is reported failed with the serial grader's reason for that run
+   (``run 1 (warm-up): retrieve raised ValueError: ...``) and its output, and is not timed.
+2. **Timing, serial, on this machine** (the driver): the baseline first, then each submission
+   that passed, one at a time, in the same session, through the serial grader's own
+   :func:`grade_batch` (warm-up runs, timed runs until their spread is
+   small, every answer checked again).  Speed is part of the score, measured against the
+   baseline's time: runs in parallel would contend for the same cores, caches and memory
+   bandwidth, and a submission's time would depend on what ran beside it.  So timing is never
+   spread over the cluster; a ``local:N`` cluster is shut down before it starts.
+
+For the same reason a run that a wall-clock limit ended in phase 1 (``timing.build_timeout_s``,
+``timing.retrieve_timeout_s``, ``limits.wall_s``) is not taken as the verdict: the machine was
+shared, so that submission goes on to phase 2 like one that passed, where the serial grader
+decides.  A run ended by anything else - an exception, a malformed answer, the CPU-time, memory
+or output limit - fails the submission in phase 1.
+
+The leaderboard and ``results.json`` are those of the serial grader (``cluster="none"``): the same
+results in the same order, with the same statuses, reasons and metrics; only the times differ.
+
+The hidden labels travel to the workers (the tasks evaluate the answers there), never into a
+sandbox.  Workers of a ``LocalCluster`` share this machine's disk.  On several machines, the
+staging folder (made under ``$TMPDIR``: set it to a folder on shared storage) and the submissions
+folder must be on storage every worker sees at the same path; a worker that cannot see them stops
+the grading with an error naming the submission, rather than fail the student.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -63,6 +102,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cluster import cluster_client, gather_checked, parse_cluster
 from ..errors import CbirError
 from ..evaluation.metrics import mean_average_precision, relevance_matrix, set_metrics
 from . import scoring
@@ -288,7 +328,7 @@ class _Session:
             left = limit - time.monotonic()
             if left <= 0:
                 which = f"limits.wall_s ({self.limits.wall_s:g} s a run)" if limit >= self.deadline else setting
-                raise _Failure(f"{op} exceeded {which}")
+                raise _Failure(f"{op} exceeded {which}", wall_clock=True)
             if not open_fds:
                 raise _Failure(self._death_reason(f"during {op}"))
             ready, _, _ = select.select(list(open_fds), [], [], min(left, 1.0))
@@ -380,7 +420,11 @@ def parse_reply(line: bytes) -> dict:
 
 
 class _Failure(Exception):
-    pass
+    """A run failed for the submission's doing; ``wall_clock``: a wall-clock limit ended it (load may share the blame)."""
+
+    def __init__(self, message: str = "", wall_clock: bool = False):
+        super().__init__(message)
+        self.wall_clock = wall_clock
 
 
 def answer_cap(cfg: dict, n_gallery: int) -> int:
@@ -514,6 +558,30 @@ def _median_timings(runs: list[dict], cfg: dict, n_queries: int) -> dict:
     return out
 
 
+def run_label(n: int, warmup: int) -> str:
+    """The name of run ``n`` (from 1) in reasons and output: ``run 1 (warm-up)``, ``run 3 (timed)``."""
+    return f"run {n} ({'timed' if n > warmup else 'warm-up'})"
+
+
+def _prepare(result: Result, entry: Path, scratch: Path, own_dir: bool) -> Path | None:
+    """:func:`_prepare_submission` into ``scratch/submission``; None (and ``result`` failed) when it cannot be."""
+    try:
+        return _prepare_submission(entry, scratch / "submission", own_dir)
+    except (CbirError, OSError, ValueError) as err:
+        result.status, result.reason = "failed", f"could not prepare the submission: {err}"
+        return None
+
+
+def _labelled_run(module: Path, staged: Staged, sandbox: Sandbox, cfg: dict, scratch: Path, n: int,
+                  outputs: list[str]) -> tuple[dict, np.ndarray]:
+    """Run ``n`` (:func:`_run_process` in ``scratch/work<n>``); a failure's reason starts with its :func:`run_label`."""
+    label = run_label(n, cfg["timing"]["warmup"])
+    try:
+        return _run_process(module, staged, sandbox, cfg, scratch / f"work{n}", label, outputs)
+    except _Failure as err:
+        raise _Failure(f"{label}: {err}", err.wall_clock) from None
+
+
 def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: dict, scratch: Path,
             own_dir: bool = False) -> Result:
     """Grade one submission over fresh-process runs (module docstring, step 2); never raises for its doing.
@@ -523,10 +591,8 @@ def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: di
     :func:`scoring.quality`), whether all answers were identical, and one line per run in ``runs``.
     """
     result = Result(student)
-    try:
-        module = _prepare_submission(entry, scratch / "submission", own_dir)
-    except (CbirError, OSError, ValueError) as err:
-        result.status, result.reason = "failed", f"could not prepare the submission: {err}"
+    module = _prepare(result, entry, scratch, own_dir)
+    if module is None:
         return result
     timing = cfg["timing"]
     outputs: list[str] = []
@@ -534,11 +600,7 @@ def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: di
     try:
         while len(result.runs) < timing["warmup"] or scoring.needs_another_run(_timed_totals(result.runs, cfg), timing):
             n, timed = len(result.runs) + 1, len(result.runs) >= timing["warmup"]
-            label = f"run {n} ({'timed' if timed else 'warm-up'})"
-            try:
-                times, ids = _run_process(module, staged, sandbox, cfg, scratch / f"work{n}", label, outputs)
-            except _Failure as err:
-                raise _Failure(f"{label}: {err}") from None
+            times, ids = _labelled_run(module, staged, sandbox, cfg, scratch, n, outputs)
             metrics = evaluate_answer(ids, staged)
             quality = scoring.quality(metrics, cfg)
             result.runs.append({"run": n, "timed": timed, **times, "quality": quality})
@@ -554,6 +616,34 @@ def run_one(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: di
     return result
 
 
+def first_run(student: str, entry: Path, staged: Staged, sandbox: Sandbox, cfg: dict, scratch: Path,
+              own_dir: bool = False) -> tuple[Result, bool]:
+    """Only what :func:`run_one` does up to the end of its run 1: ``(result, wall_clock)``; never raises for its doing.
+
+    The submission is prepared in ``scratch``, run once in a fresh sandboxed process (import, build,
+    retrieve) and its answer checked (:func:`check_packed`) and evaluated (:func:`evaluate_answer`).
+    A failure has exactly :func:`run_one`'s reason for run 1 (``run 1 (warm-up): ...``, or
+    ``run 1 (timed): ...`` under ``timing.warmup = 0``; ``could not prepare the submission: ...``) and
+    output.  ``wall_clock``: the run was ended by a wall-clock limit (``timing.*_timeout_s``,
+    ``limits.wall_s``), which other work on the machine can cause.  A passing result has the run's
+    metrics and its line in ``runs`` (untimed); its times are not a measurement.
+    """
+    result = Result(student)
+    module = _prepare(result, entry, scratch, own_dir)
+    if module is None:
+        return result, False
+    outputs: list[str] = []
+    wall_clock = False
+    try:
+        times, ids = _labelled_run(module, staged, sandbox, cfg, scratch, 1, outputs)
+        result.metrics = evaluate_answer(ids, staged)
+        result.runs.append({"run": 1, "timed": False, **times, "quality": scoring.quality(result.metrics, cfg)})
+    except _Failure as err:
+        result.status, result.reason, wall_clock = "failed", str(err), err.wall_clock
+    result.output = "\n".join(outputs)
+    return result, wall_clock
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -566,11 +656,18 @@ def _raise_if_error(reply: dict, op: str) -> None:
 
 
 def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, config: str | Path | None = None,
-                  overrides: dict | None = None, root=None, progress: bool = True) -> dict:
-    """Grade every submission; write ``leaderboard.csv``, ``leaderboard.html`` and ``results.json``."""
+                  overrides: dict | None = None, root=None, progress: bool = True, cluster="none") -> dict:
+    """Grade every submission; write ``leaderboard.csv``, ``leaderboard.html`` and ``results.json``.
+
+    ``cluster`` (:mod:`cbir_kit.cluster`): ``"none"`` (default) grades here, one run after another;
+    ``"local:N"``, a scheduler address or a ``distributed.Client`` first checks every submission's
+    correctness in parallel on the cluster, then times those that passed here, one at a time
+    (module docstring).  The results are the same in form and content.
+    """
     from ..datasets import load
     from .leaderboard import write_leaderboard
 
+    on_cluster = parse_cluster(cluster)[0] != "none"   # a bad spec fails here, before anything is staged
     cfg = scoring.load_config(config, overrides)
     sandbox = Sandbox(Limits.from_dict(cfg["limits"]), cfg["sandbox"])
     submissions = Path(submissions).resolve()
@@ -592,7 +689,10 @@ def run_challenge(submissions: str | Path, dataset: str, out_dir: str | Path, co
             raise CbirError(f"baseline module {baseline_module} (config key 'baseline') does not exist")
         batch = [(BASELINE_NAME, baseline_module, False)]
         batch += [(student, entry, entry.parent.resolve() != submissions) for student, entry in entries.items()]
-        results = grade_batch(batch, staged, sandbox, cfg, tmp, say)
+        if on_cluster:
+            results = grade_batch_on_cluster(batch, staged, sandbox, cfg, tmp, cluster, say)
+        else:
+            results = grade_batch(batch, staged, sandbox, cfg, tmp, say)
     summary = {"dataset": ds.name, "n_queries": len(staged.query), "n_gallery": len(staged.gallery),
                "k": k, "staging_seed": seed, "sandbox": sandbox.mode, "sandbox_note": sandbox.note, "config": cfg,
                "results": [r.__dict__ for r in results]}
@@ -628,3 +728,93 @@ def rescore(results: list[Result], cfg: dict) -> None:
     for r in results:
         r.scores = scoring.score(r.metrics, r.timings, base, cfg) if r.status == "ok" else \
             {"quality": 0.0, "speedup": 0.0, "measured_speedup": 0.0, "speed": 0.0, "score": 0.0}
+
+
+# ---- with a cluster: correctness checked in parallel, timing serial here (module docstring) ----
+
+def linked_copy(staged: Staged, dest: Path) -> Staged:
+    """``staged`` with its folder at ``dest``: new folders (their own modes) holding hard links to the staged files.
+
+    The query folder is made readable here to list and link it: call this while no submission
+    runs.  Every staged file gets the same number of links, so the count tells nothing about a
+    label.  Where a link cannot be made (another file system) the file is copied with its time.
+    """
+    show_queries(staged.folder, True)
+    try:
+        for split in ("gallery", "query"):
+            (dest / split).mkdir(parents=True)
+            for name in sorted(os.listdir(staged.folder / split)):
+                try:
+                    os.link(staged.folder / split / name, dest / split / name)
+                except OSError:
+                    shutil.copy2(staged.folder / split / name, dest / split / name)
+    finally:
+        show_queries(staged.folder, False)
+    dest.chmod(0o755)
+    (dest / "gallery").chmod(0o755)
+    show_queries(dest, False)
+    return dataclasses.replace(staged, folder=dest)
+
+
+def remove_copy(folder: Path) -> None:
+    """Delete a scratch folder that holds a :func:`linked_copy` (whose query folder is unreadable)."""
+    if (folder / "data" / "query").is_dir():
+        show_queries(folder / "data", True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def check_task(student: str, entry: Path, own_dir: bool, staged: Staged, cfg: dict, mode: str,
+               scratch: Path) -> tuple[Result, bool]:
+    """Worker task: :func:`first_run` in a :class:`Sandbox` of ``mode`` built here.
+
+    ``staged``: this task's :func:`linked_copy`; ``scratch``: a folder of its own.  Raises
+    :class:`CbirError` when this worker cannot see the staged data or the submission: a problem
+    of the cluster's storage, not the student's.
+    """
+    for path, what in ((staged.folder / "gallery", "the staged dataset"), (entry, "the submission")):
+        if not path.exists():
+            raise CbirError(f"{what} {path} is not visible on this worker; on several machines the staging "
+                            "folder ($TMPDIR) and the submissions must be on storage every worker sees")
+    sandbox = Sandbox(Limits.from_dict(cfg["limits"]), mode)
+    try:
+        return first_run(student, entry, staged, sandbox, cfg, scratch, own_dir)
+    finally:
+        sandbox.close()
+        shutil.rmtree(scratch / "submission", ignore_errors=True)
+
+
+def check_on_cluster(client, batch: list[tuple[str, Path, bool]], staged: Staged, sandbox: Sandbox, cfg: dict,
+                     tmp: Path, say=lambda *a: None) -> list[tuple[Result, bool]]:
+    """Phase 1 (module docstring): :func:`check_task` of each ``(student, entry, own_dir)``, in ``batch``'s order."""
+    copies = []
+    for i in range(len(batch)):
+        scratch = tmp / f"check{i:04d}"
+        copies.append((scratch, linked_copy(staged, scratch / "data")))
+    futures = [client.submit(check_task, student, entry, own_dir, copy, cfg, sandbox.mode, scratch, pure=False)
+               for (student, entry, own_dir), (scratch, copy) in zip(batch, copies)]
+    checks: dict[int, tuple[Result, bool]] = {}
+    for i, (result, wall_clock) in gather_checked(client, futures, lambda i: f"checking {batch[i][0]}"):
+        remove_copy(copies[i][0])
+        checks[i] = (result, wall_clock)
+        verdict = "passed" if result.status == "ok" else \
+            f"{result.status} - {result.reason}" + (" (to be confirmed here)" if wall_clock else "")
+        say(f"  {result.student}: {verdict}")
+    return [checks[i] for i in range(len(batch))]
+
+
+def grade_batch_on_cluster(batch: list[tuple[str, Path, bool]], staged: Staged, sandbox: Sandbox, cfg: dict,
+                           tmp: Path, cluster, say=lambda *a: None) -> list[Result]:
+    """:func:`grade_batch` with phase 1 on ``cluster`` (module docstring).
+
+    ``batch[0]`` is the baseline.  Returns the results in ``batch``'s order, scored; raises
+    :class:`CbirError` when the baseline fails, or when a task fails for a reason of the cluster's.
+    """
+    say(f"checking {len(batch) - 1} submissions in parallel on the cluster")
+    with cluster_client(cluster) as client:
+        checks = check_on_cluster(client, batch[1:], staged, sandbox, cfg, tmp, say)
+    go_on = [0] + [i + 1 for i, (result, wall_clock) in enumerate(checks) if result.status == "ok" or wall_clock]
+    say(f"timing the baseline and {len(go_on) - 1} submissions here, one at a time")
+    timed = dict(zip(go_on, grade_batch([batch[i] for i in go_on], staged, sandbox, cfg, tmp, say)))
+    results = [timed[i] if i in timed else checks[i - 1][0] for i in range(len(batch))]
+    rescore(results, cfg)
+    return results
