@@ -444,3 +444,26 @@ def test_growing_a_trained_index_far_past_its_training_set_suggests_a_rebuild(tm
     c = Collection.open(tmp_path / "c")
     with pytest.warns(CbirWarning, match="grown to 700 items from the 300 its index was trained on; .* rebuild it"):
         c._append(x[500:], [Path(str(i)) for i in range(500, 700)], [f"r{i}" for i in range(500, 700)], None)
+
+
+def test_a_generation_left_by_a_writer_killed_before_its_manifest_does_not_block_later_writes(tmp_path):
+    x = np.eye(8, dtype=np.float32)
+    c = Collection.from_vectors(x[:4], [f"{i}.jpg" for i in range(4)], tmp_path / "c", model="resnet18")
+    (tmp_path / "c" / "g000002").mkdir()                     # renamed into place, then the writer died
+    (tmp_path / "c" / "g000002" / "vectors.npy").write_bytes(b"half")
+    c._append(x[4:], [Path(f"{i}.jpg") for i in range(4, 8)], [f"r{i}" for i in range(4, 8)], None)
+    grown = Collection.open(tmp_path / "c")
+    assert len(grown) == 8 and grown.manifest["generation"] == "g000003"
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.name.startswith("g")) == ["g000001", "g000003"]
+
+
+def test_a_truncated_upload_is_reported_and_the_others_keep_their_own_results(clip_collection):
+    from cbir_kit.report.explorer import CollectionExplorer
+
+    c = Collection.open(clip_collection)
+    photo = Path(c.paths[7]).read_bytes()
+    other = Path(c.paths[20]).read_bytes()
+    results, _ = CollectionExplorer(c, k=2).search_upload([{"name": "cut.png", "content": photo[:len(photo) // 2]},
+                                                           {"name": "whole.png", "content": other}])
+    assert results[0].error and results[0].error.startswith("cut.png: not an image")
+    assert results[1].query == "whole.png" and results[1].results[0].id == 20

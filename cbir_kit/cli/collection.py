@@ -97,7 +97,8 @@ def run_search(args) -> int:
 
     if bool(args.images) == (args.text is not None):
         from ..errors import CbirError
-        raise CbirError("give query images (files or folders) or --text \"...\", not both")
+        raise CbirError("give query images (files or folders) or --text \"...\"" +
+                        (", not both" if args.images else ""))
     c = Collection.open(args.collection, mmap=args.mmap, runtime=runtime_from_args(args))
     if args.text is not None:
         results = c.search(text=args.text, k=args.k, threshold=args.threshold)

@@ -176,8 +176,10 @@ class Collection:
             write_index(built, folder)
 
         with store.write_lock(out):
+            previous = _existing(out, overwrite)              # again, under the lock: an add may have landed
             store.publish(out, write, manifest, previous)
-        return cls.open(out, runtime=runtime if client is None else runtime.replace(cluster="none"))
+        # just written and checksummed by publish: no need to read every byte back
+        return cls.open(out, verify=False, runtime=runtime if client is None else runtime.replace(cluster="none"))
 
     @classmethod
     def open(cls, folder, mmap: bool = False, verify: bool | None = None, runtime: Runtime | None = None,
@@ -196,9 +198,13 @@ class Collection:
             try:
                 generation = store.verify(folder, manifest, checksums)
                 return cls._read(folder, generation, manifest, runtime, mmap)
-            except (CollectionError, FileNotFoundError):
+            except (CollectionError, FileNotFoundError, RuntimeError) as err:
                 # a writer replaced the generation while it was being opened: read the new one
                 if attempt == 2 or store.read_manifest(folder)["generation"] == manifest["generation"]:
+                    if isinstance(err, RuntimeError):           # faiss could not read an index file
+                        raise CollectionError(f"{folder / manifest['generation']}: the index cannot be read "
+                                              f"({str(err).strip().splitlines()[-1]}); rebuild the collection "
+                                              "with `cbir index build`") from None
                     raise
         raise AssertionError("unreachable")
 
@@ -243,9 +249,15 @@ class Collection:
         """The collection's model, built on first use (queries by image or text)."""
         if self._extractor is None:
             identity = self.manifest["identity"]
-            self._extractor = create_extractor(self.model, device=self.runtime.device,
-                                               pretrained=identity.get("pretrained", True),
-                                               batch_size=self.runtime.batch_size, num_workers=self.runtime.num_workers)
+            options = dict(device=self.runtime.device, pretrained=identity.get("pretrained", True),
+                           batch_size=self.runtime.batch_size, num_workers=self.runtime.num_workers)
+            try:        # the collection's own arithmetic, so queries and added images match its features
+                self._extractor = create_extractor(self.model, precision=identity.get("precision", "auto"), **options)
+            except CbirError as err:
+                warnings.warn(f"the collection was embedded in {identity.get('precision')} precision, which this "
+                              f"device cannot run ({err}); queries are embedded in its default precision",
+                              CbirWarning, stacklevel=2)
+                self._extractor = create_extractor(self.model, **options)
         return self._extractor
 
     def embed_images(self, images: Sequence) -> tuple[np.ndarray, list[str | None]]:
@@ -312,12 +324,15 @@ class Collection:
             while True:
                 scores, ids = self.index.search(q[None, :], depth)
                 scores, ids = scores[0][ids[0] >= 0], ids[0][ids[0] >= 0]
+                if not len(ids):                                  # an IVF index that found nothing
+                    break
                 dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * scores.astype(np.float64)))
                 limit = rule.thresholds(dist[None, :])[0, 0]
-                if depth >= len(self) or dist[-1] >= limit:
+                # stop at the collection's end, past the threshold, or when the index found all it can
+                if depth >= len(self) or dist[-1] >= limit or len(ids) < depth:
                     break
                 depth = min(2 * depth, len(self))
-            keep = dist < limit
+            keep = dist < limit if len(ids) else np.zeros(0, dtype=bool)
             all_scores.append(scores[keep])
             all_ids.append(ids[keep])
         return all_scores, all_ids
@@ -331,7 +346,8 @@ class Collection:
         """
         files = _expand(paths)
         with store.write_lock(self.folder):
-            fresh = Collection.open(self.folder, runtime=self.runtime)     # the newest, under the lock
+            fresh = Collection.open(self.folder, mmap=self.mmap, runtime=self.runtime)   # the newest, under the lock
+            fresh._extractor = self._extractor
             known = set(read_fingerprints(fresh.folder / fresh.manifest["generation"]))
             prints = [fingerprint(f) for f in files]
             new = [i for i, fp in enumerate(prints) if fp not in known and fp not in prints[:i]]
@@ -347,7 +363,9 @@ class Collection:
                     fresh._append(np.asarray(feats.vectors)[feats.ok], [files[i] for i in kept],
                                   [prints[i] for i in kept], label)
                     report["added"] = [str(files[i]) for i in kept]
-        self.__dict__.update(Collection.open(self.folder, runtime=self.runtime).__dict__)
+        extractor = fresh._extractor
+        self.__dict__.update(Collection.open(self.folder, mmap=self.mmap, verify=False, runtime=self.runtime).__dict__)
+        self._extractor = extractor
         return report
 
     def _append(self, vectors: np.ndarray, files: list[Path], prints: list[str], label: str | None) -> None:

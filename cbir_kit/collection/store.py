@@ -97,8 +97,11 @@ def write_lock(folder: Path) -> FileLock:
 
 
 def _next_generation(folder: Path, manifest: dict | None) -> str:
-    number = int(manifest["generation"][len(GENERATION_PREFIX):]) + 1 if manifest else 1
-    return f"{GENERATION_PREFIX}{number:06d}"
+    """One past the highest generation in the manifest or on disk (a run killed between renaming its
+    generation into place and writing the manifest leaves one that no manifest names)."""
+    names = [p.name for p in folder.glob(GENERATION_PREFIX + "[0-9]*")] + ([manifest["generation"]] if manifest else [])
+    numbers = [int(n[len(GENERATION_PREFIX):]) for n in names if n[len(GENERATION_PREFIX):].isdigit()]
+    return f"{GENERATION_PREFIX}{max(numbers, default=0) + 1:06d}"
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -21,6 +21,7 @@ from it); the task writes nothing there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -57,7 +58,7 @@ def grade_student(settings: Course, student: str, tasks: dict[str, list[str]], r
     """Worker task: ``(runs, files)``, the student's notebook runs and ``autograded/<student>/`` as bytes."""
     mode, limits = sandbox
     box = Sandbox(Limits.from_dict(limits), mode)
-    with tempfile.TemporaryDirectory(prefix="cbir-autograde-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cbir-autograde-") as tmp, contextlib.closing(box):
         tmp = Path(tmp)
         tmp.chmod(0o755)
         install_kernel(tmp / "jupyter")
@@ -67,7 +68,6 @@ def grade_student(settings: Course, student: str, tasks: dict[str, list[str]], r
         graded = copy / "autograded" / student
         files = {str(p.relative_to(graded)): p.read_bytes() for p in sorted(graded.rglob("*")) if p.is_file()} \
             if graded.is_dir() else {}
-    box.close()
     return runs, files
 
 

@@ -238,8 +238,9 @@ class CollectionExplorer:
         errors: dict[int, str] = {}
         for i, f in enumerate(files):
             try:
-                pictures[i] = Image.open(io.BytesIO(bytes(f["content"])))
-                pictures[i].load()
+                picture = Image.open(io.BytesIO(bytes(f["content"])))
+                picture.load()                          # a truncated file fails here, not in the search
+                pictures[i] = picture
             except (OSError, ValueError) as err:
                 errors[i] = f"{f['name']}: not an image ({err})"
         found = iter(self.collection.search(images=list(pictures.values()), k=k or self.k) if pictures else ())
