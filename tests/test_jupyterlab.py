@@ -132,9 +132,10 @@ def jupyter_lab(tmp_path):
     settings = home / "user-settings"
     _write_json(settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings",
                 {"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True})
-    # Start the notebook's own kernel (python3) without the "Select Kernel" dialog.
+    # Start the notebook's own kernel (python3) without the "Select Kernel" dialog; render every cell (no
+    # windowing), so the explorer is on the page wherever it sits in the notebook.
     _write_json(settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings",
-                {"autoStartDefaultKernel": True})
+                {"autoStartDefaultKernel": True, "windowingMode": "none"})
     env = dict(os.environ)
     env.update(CBIR_PROFILE="ci", JUPYTER_CONFIG_DIR=str(home / "config"),
                JUPYTER_DATA_DIR=str(home / "data"), JUPYTER_RUNTIME_DIR=str(home / "runtime"),

@@ -88,7 +88,7 @@ def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
     if parsed.kind == "finetuned":
         return build_finetuned(spec)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
+        torch.default_generator.manual_seed(RANDOM_INIT_SEED)   # the CPU generator only: the networks are made there
         return models.build_backbone(spec, pretrained)
 
 
