@@ -79,14 +79,17 @@ def default_batch_size(spec: str) -> int:
 def build_backbone(spec: str, pretrained: bool = True) -> Backbone:
     """Build the backbone of any model spec (:mod:`.specs`): named, CLIP or fine-tuned.
 
-    Random initialisations (``pretrained=False``, ``clip:ARCH:none``) are drawn from torch's
-    generator seeded with :data:`RANDOM_INIT_SEED`, without touching the caller's random state:
-    the same spec is the same network in every process, so features cached by one process and
-    a text query embedded by another share one embedding space.
+    A random CLIP (``clip:ARCH:none``) is drawn from torch's CPU generator seeded with
+    :data:`RANDOM_INIT_SEED`, without touching the caller's random state: it is the same network in
+    every process, so a collection's image features and a text query embedded later share one space.
+    Other random initialisations (``pretrained=False``) draw from the caller's generator, which
+    training seeds with its own seed.
     """
     parsed = check_spec(spec)
     if parsed.kind == "finetuned":
         return build_finetuned(spec)
+    if not parsed.random_init:
+        return models.build_backbone(spec, pretrained)
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(RANDOM_INIT_SEED)   # the CPU generator only: the networks are made there
         return models.build_backbone(spec, pretrained)
