@@ -74,7 +74,7 @@ def cluster_client(spec) -> Iterator[object | None]:
 
         memory = int(psutil.virtual_memory().total * 0.8 / value)
         with distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True, memory_limit=memory,
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+                                      dashboard_address=":0") as cluster, distributed.Client(cluster) as client:
             yield client
         return
     try:

@@ -57,7 +57,7 @@ def test_multi_scale_views_and_errors():
     tta = TTAExtractor("resnet18", device="cpu", pretrained=False, flip=views.flip, scales=views.scales)
     views = tta.views(torch.zeros(1, 3, 224, 224))
     assert len(views) == 6 and {v.shape[-1] for v in views} == {158, 224, 316}
-    with pytest.raises(CbirError, match="tta='rotate' must be flip, ms or flip\+ms"):
+    with pytest.raises(CbirError, match=r"tta='rotate' must be flip, ms or flip\+ms"):
         parse_method("tta", "rotate")
     with pytest.raises(CbirError):
         TTAExtractor("resnet18", flip=False)
