@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .common import add_cluster_flag, add_common, runtime_from_args
+from .common import add_cluster_flag, add_common, add_network_flags, runtime_from_args
 from .evaluate import add_index_flags
 
 
@@ -123,12 +123,8 @@ def run_search(args) -> int:
 
 
 def _runtime_flags(p) -> None:
-    """The runtime options of add_common that a command on an existing collection uses."""
-    p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where the network runs")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
-    p.add_argument("--workers", type=int, default=None, help="image-decoding threads (default: min(4, cores))")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    """The runtime flags of a command on an existing collection (its model and data are in the collection)."""
+    add_network_flags(p)
     p.set_defaults(root=None, seed=0)
 
 

@@ -15,14 +15,19 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help=f"efficientnet_lite0, resnet18, resnet50, clip:ARCH:PRETRAINED or finetuned:PATH "
                         f"(from `cbir finetune`; default: {OFFLINE_MODEL})")
     p.add_argument("--root", default=None, help="data root (default: $CBIR_DATA, else the clone's datasets/, else the user data folder)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice: splits, sampling, initialisation (default: 0)")
+    add_network_flags(p)
+
+
+def add_network_flags(p: argparse.ArgumentParser) -> None:
+    """Where and how images are embedded: feature cache, device, batch size, decoding threads, progress bars."""
     p.add_argument("--cache", default=None, help="feature cache folder (default: $CBIR_CACHE, else ~/.cache/cbir_kit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where the network runs (default: auto = CUDA, else Apple MPS, else CPU)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default: measured per model, see cbir bench extract)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding threads (default: min(4, cores))")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of every random choice: splits, sampling, initialisation (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -137,9 +137,8 @@ class Collection:
             ds, _, gallery, info = embed_dataset(ds, model, on_cluster)
             for image, reason in info["skipped"]:
                 warnings.warn(f"left out {image}: {reason}", CbirWarning, stacklevel=2)
-            fingerprints = [fingerprint(ref) for ref in ds.gallery]
             cls.from_vectors(gallery, [_item_path(ref) for ref in ds.gallery], out, model=model,
-                             labels=_dataset_labels(ds), fingerprints=fingerprints, index=spec,
+                             labels=_dataset_labels(ds), fingerprints=info["gallery_fingerprints"], index=spec,
                              identity=info["extractor"].cache_identity(), source=ds.name,
                              overwrite=overwrite, runtime=on_cluster, features_cached=info["hit"])
         return cls.open(out, runtime=runtime)
@@ -161,7 +160,8 @@ class Collection:
         fingerprints = list(fingerprints) if fingerprints is not None else [f"row:{i}" for i in range(len(paths))]
         t0 = time.perf_counter()
         runtime = runtime or Runtime()
-        client = parse_cluster(runtime.cluster)[1] if parse_cluster(runtime.cluster)[0] == "client" else None
+        kind, value = parse_cluster(runtime.cluster)
+        client = value if kind == "client" else None
         built = spec.build(vectors, seed=runtime.seed, client=client)
         manifest = {"model": model, "identity": identity or {"model": model}, "text": _text_identity(model),
                     "dim": int(vectors.shape[1]), "n": len(vectors), "index": spec.to_dict(),

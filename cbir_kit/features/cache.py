@@ -407,10 +407,16 @@ class FeatureCache:
         """Cached features for ``images`` if present and valid, else extract (resuming) and store them.
 
         Returns ``(features, hit)`` where ``hit`` says whether they came from the cache
-        without extracting anything.
+        without extracting anything; ``features.fingerprints`` are the images' content hashes.
         """
         identity = extractor.cache_identity()
         fingerprints = [fingerprint(ref) for ref in images]
+        feats, hit = self._get_or_extract(extractor, images, identity, fingerprints, progress, desc)
+        feats.fingerprints = fingerprints
+        return feats, hit
+
+    def _get_or_extract(self, extractor: Extractor, images: Sequence[ImageRef], identity: dict,
+                        fingerprints: list[str], progress: bool, desc: str) -> tuple[Features, bool]:
         key = cache_key(identity, fingerprints)
         n = len(images)
         with self.lock(key):

@@ -139,11 +139,15 @@ def available_cores() -> int:
 
 @dataclass
 class Features:
-    """Extracted features: ``vectors`` (N, D) float32, ``ok`` (N,) bool, ``failures``."""
+    """Extracted features: ``vectors`` (N, D) float32, ``ok`` (N,) bool, ``failures``.
+
+    ``fingerprints``: the content hash of each row's image, when the features came through the cache.
+    """
 
     vectors: np.ndarray
     ok: np.ndarray
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (index, image, reason)
+    fingerprints: list[str] | None = None
 
 
 class Batch(NamedTuple):

@@ -186,7 +186,8 @@ def embed_dataset(ds: Dataset, model: str, runtime: Runtime):
     (:mod:`cbir_kit.features.distributed`), with the same features to the bit.
 
     Returns ``(ds, queries, gallery, info)``; ``info`` holds the extractor, the cache, the
-    seconds and images of extraction, whether it was a cache hit, and the skipped images.
+    seconds and images of extraction, whether it was a cache hit, the skipped images and the
+    content hashes of the kept gallery images.
     """
     extractor = create_extractor(model, device=runtime.device, batch_size=runtime.batch_size,
                                  num_workers=runtime.num_workers)
@@ -197,6 +198,7 @@ def embed_dataset(ds: Dataset, model: str, runtime: Runtime):
     cache.remote = None                                      # later stages (TTA) extract in this process
     info = {"extractor": extractor, "cache": cache, "extract_s": time.perf_counter() - t0, "hit": hit,
             "n_images": ds.n_gallery + (0 if ds.leave_one_out else ds.n_queries)}
+    info["gallery_fingerprints"] = [fp for fp, ok in zip(gallery_feats.fingerprints, gallery_feats.ok) if ok]
     skipped = [(img, reason) for _, img, reason in gallery_feats.failures]
     if not ds.leave_one_out:
         skipped += [(img, reason) for _, img, reason in query_feats.failures]
