@@ -278,7 +278,7 @@ class Collection:
         if len(given) != 1:
             raise CbirError(f"search() takes one of images=, text= or vectors=; got {', '.join(given) or 'none'}")
         if k < 1:
-            raise CbirError(f"k must be at least 1; got {k}")
+            raise CbirError(f"k={k} must be at least 1")
         t0 = time.perf_counter()
         queries, labels, errors = self._embed_queries(images, text, vectors, model)
         t1 = time.perf_counter()
